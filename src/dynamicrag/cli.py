@@ -1,0 +1,250 @@
+"""The ``dynamicrag`` command line: thin wrappers that parse options, call a stage, print a summary."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from enum import Enum
+from importlib import resources
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+app = typer.Typer(
+    help="DynamicRAG: retrieve, let an LLM reranker choose the passages (order and number), answer.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+console = Console(stderr=True)
+
+
+class RetrieverKind(str, Enum):
+    bm25 = "bm25"
+    dense = "dense"
+    hybrid = "hybrid"
+
+
+class RerankerKind(str, Enum):
+    dynamic = "dynamic"
+    topk = "topk"
+    none = "none"
+
+
+# Options shared by the commands that run models.
+BackendOpt = typer.Option("transformers", "--backend", help="transformers | openai | vllm | llamacpp")
+ModelOpt = typer.Option(None, "--model", help="HF id or path; default: the bundled SmolLM2-135M-Instruct")
+BaseUrlOpt = typer.Option(None, "--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
+StyleOpt = typer.Option("default", "--prompt-style", help="default | official (released checkpoints) | a YAML path")
+ConstrainedOpt = typer.Option(
+    False, "--constrained/--free", help="Constrain reranker decoding to the id grammar ([i], [j] or None)"
+)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _backend(name: str, model: str | None, base_url: str | None):
+    from dynamicrag.llm import load_backend
+
+    kwargs = {"base_url": base_url} if base_url else {}
+    return load_backend(name, model=model, **kwargs)
+
+
+def _pipeline(backend, style: str, reranker: RerankerKind, k: int, window: int, constrained: bool, retriever, top_n: int):
+    from dynamicrag.generate import Generator
+    from dynamicrag.pipeline import Pipeline
+    from dynamicrag.prompts import load_style
+    from dynamicrag.rerank import DynamicReranker, TopKReranker
+
+    prompt_style = load_style(style)
+    if reranker is RerankerKind.dynamic:
+        chooser = DynamicReranker(backend, prompt_style, window=window, constrained=constrained)
+    else:
+        chooser = TopKReranker(0 if reranker is RerankerKind.none else k)
+    return Pipeline(chooser, Generator(backend, prompt_style), retriever=retriever, top_n=top_n)
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def index(
+    corpus: Path = typer.Argument(..., help="Corpus file (JSONL, JSON, FlashRAG, DPR tsv) or folder of .md/.txt"),
+    out: Path = typer.Option(..., "--out", help="Index directory to write"),
+    retriever: RetrieverKind = typer.Option(RetrieverKind.bm25, "--retriever"),
+    encoder: Optional[str] = typer.Option(None, "--encoder", help="Dense encoder (HF id or path); default: bundled all-MiniLM-L6-v2"),
+    faiss_index: str = typer.Option("flat", "--faiss-index", help="flat (exact) | hnsw | ivf (approximate)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Build a persistent retrieval index over CORPUS."""
+    _setup_logging(verbose)
+    from dynamicrag.data import DataError, load_corpus
+    from dynamicrag.retrieve import build_index
+
+    start = time.perf_counter()
+    try:
+        passages = load_corpus(corpus)
+    except (DataError, FileNotFoundError) as err:
+        _fail(str(err))
+    options = {"encoder": encoder, "faiss_index": faiss_index} if retriever is not RetrieverKind.bm25 else {}
+    built = build_index(passages, out, kind=retriever.value, **options)
+    console.print(
+        f"indexed {len(built)} passages ({retriever.value}) into {out} in {time.perf_counter() - start:.1f} s"
+    )
+
+
+@app.command()
+def infer(
+    input: Path = typer.Option(..., "--input", help="Questions: any supported examples format"),
+    output: Path = typer.Option(..., "--output", help="Results JSONL (resumed if it exists)"),
+    index_dir: Optional[Path] = typer.Option(None, "--index", help="Index for examples without their own passages"),
+    top_n: int = typer.Option(40, "--top-n", help="Candidates the reranker sees"),
+    window: int = typer.Option(40, "--window", help="Most passages per reranker call"),
+    reranker: RerankerKind = typer.Option(RerankerKind.dynamic, "--reranker"),
+    k: int = typer.Option(5, "--k", help="Passages kept by --reranker topk"),
+    task: Optional[str] = typer.Option(None, "--task", help="Task of every example (default: detected)"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N examples"),
+    batch_size: int = typer.Option(8, "--batch-size", help="Examples per model batch"),
+    backend: str = BackendOpt,
+    model: Optional[str] = ModelOpt,
+    base_url: Optional[str] = BaseUrlOpt,
+    prompt_style: str = StyleOpt,
+    constrained: bool = ConstrainedOpt,
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Answer every question of INPUT: one output record per input record, in order."""
+    _setup_logging(verbose)
+    from dynamicrag.data import DataError, ResumableJsonlWriter, load_examples
+    from dynamicrag.retrieve import load_index
+
+    try:
+        examples = load_examples(input, task=task, limit=limit)
+    except (DataError, FileNotFoundError) as err:
+        _fail(str(err))
+    retriever = load_index(index_dir) if index_dir else None
+    if retriever is None and any(not ex.passages for ex in examples) and reranker is not RerankerKind.none:
+        console.print("[yellow]warning:[/yellow] some examples have no passages and no --index was given")
+    pipeline = _pipeline(_backend(backend, model, base_url), prompt_style, reranker, k, window, constrained, retriever, top_n)
+
+    start = time.perf_counter()
+    with ResumableJsonlWriter(output) as writer:
+        todo = examples[writer.done :]
+        if writer.done:
+            console.print(f"resuming: {writer.done} of {len(examples)} records already in {output}")
+        with Progress(
+            TextColumn("infer"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
+        ) as progress:
+            bar = progress.add_task("infer", total=len(examples), completed=writer.done)
+            for i in range(0, len(todo), batch_size):
+                for record in pipeline.run(todo[i : i + batch_size]):
+                    writer.write(record)
+                progress.advance(bar, min(batch_size, len(todo) - i))
+    elapsed = time.perf_counter() - start
+    _print_summary(output, len(todo), elapsed)
+
+
+def _print_summary(output: Path, ran: int, elapsed: float) -> None:
+    from dynamicrag.data import read_jsonl
+
+    records = [r for _, r in read_jsonl(output)]
+    failed = [r for r in records if r.get("error")]
+    answered = [r for r in records if not r.get("error")]
+    mean_k = sum(len(r["selected"]) for r in answered) / len(answered) if answered else 0.0
+    table = Table(title=f"infer: {output}")
+    for col in ("records", "answered", "failed", "malformed", "mean k", "s / question (this run)"):
+        table.add_column(col, justify="right")
+    malformed = sum(1 for r in records if r.get("well_formed") is False)
+    table.add_row(
+        str(len(records)), str(len(answered)), str(len(failed)), str(malformed), f"{mean_k:.2f}",
+        f"{elapsed / ran:.2f}" if ran else "-",
+    )
+    console.print(table)
+
+
+def default_corpus() -> Path:
+    """The embedded default corpus: the project's documentation, shipped inside the package."""
+    return Path(str(resources.files("dynamicrag").joinpath("corpus")))
+
+
+def _corpus_key(corpus: Path, kind: str) -> str:
+    """Cache key of a corpus: its path, and the size and mtime of each of its files."""
+    files = sorted(p for p in corpus.rglob("*") if p.is_file()) if corpus.is_dir() else [corpus]
+    h = hashlib.sha256(f"{corpus.resolve()}|{kind}".encode())
+    for f in files:
+        st = f.stat()
+        h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+@app.command()
+def ask(
+    question: str = typer.Argument(..., help="The question"),
+    corpus: Optional[Path] = typer.Option(None, "--corpus", help="Folder of .md/.txt files or a corpus file; default: the bundled docs"),
+    top_n: int = typer.Option(10, "--top-n", help="Passages retrieved for the reranker"),
+    retriever: RetrieverKind = typer.Option(RetrieverKind.bm25, "--retriever"),
+    backend: str = BackendOpt,
+    model: Optional[str] = ModelOpt,
+    base_url: Optional[str] = BaseUrlOpt,
+    prompt_style: str = StyleOpt,
+    constrained: bool = typer.Option(
+        True, "--constrained/--free",
+        help="Constrain reranker decoding to the id grammar (on by default: the bundled model is not trained as a reranker)",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the record as JSON"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Answer QUESTION from a corpus (index built once and cached), showing the chosen passages and k."""
+    _setup_logging(verbose)
+    from dynamicrag.data import DataError, load_corpus
+    from dynamicrag.llm.models import cache_dir
+    from dynamicrag.retrieve import build_index, load_index
+    from dynamicrag.schema import Example
+
+    corpus = corpus or default_corpus()
+    if not corpus.exists():
+        _fail(f"corpus not found: {corpus}")
+    index_dir = cache_dir() / "indexes" / _corpus_key(corpus, retriever.value)
+    if (index_dir / "meta.json").exists():
+        searcher = load_index(index_dir)
+    else:
+        try:
+            passages = load_corpus(corpus)
+        except DataError as err:
+            _fail(str(err))
+        with console.status(f"indexing {len(passages)} passages of {corpus} (once)"):
+            searcher = build_index(passages, index_dir, kind=retriever.value)
+    with console.status("loading the model"):
+        llm = _backend(backend, model, base_url)
+    pipeline = _pipeline(llm, prompt_style, RerankerKind.dynamic, 0, 40, constrained, searcher, top_n)
+    with console.status("reranking and answering"):
+        record = pipeline.run([Example(id="ask", question=question)])[0]
+    if as_json:
+        typer.echo(json.dumps(record, ensure_ascii=False, indent=2))
+        return
+    if record["error"]:
+        console.print(f"[red]failed:[/red] {record['error']}")
+        console.print(f"reranker output: {record['reranker_output']!r}")
+        raise typer.Exit(1)
+    typer.echo(record["answer"])
+    table = Table(title=f"k = {len(record['selected'])} of {len(record['passages'])} retrieved")
+    table.add_column("#", justify="right")
+    table.add_column("title")
+    table.add_column("passage")
+    for rank, i in enumerate(record["selected"], 1):
+        p = record["passages"][i - 1]
+        table.add_row(str(rank), p["title"], p["text"][:120] + ("..." if len(p["text"]) > 120 else ""))
+    console.print(table)
+    console.print(f"reranker output: {record['reranker_output']!r}")
+
+
+if __name__ == "__main__":
+    app()

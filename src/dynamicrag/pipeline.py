@@ -1,0 +1,67 @@
+"""retrieve -> rerank -> generate over a batch of examples, one output record per example."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dynamicrag.generate import Generator
+from dynamicrag.rerank import Reranker
+from dynamicrag.schema import Example, Selection, to_record
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Pipeline:
+    """The method end to end.
+
+    Args:
+        reranker: Chooses passages (the dynamic reranker, or a baseline).
+        generator: Answers from the chosen passages.
+        retriever: Fills ``passages`` for examples that come without their own; None means
+            such examples get no passages.
+        top_n: Candidates the reranker sees: the first ``top_n`` of the example's own passages,
+            or the retriever's top ``top_n``.
+    """
+
+    reranker: Reranker
+    generator: Generator
+    retriever: Any = None
+    top_n: int = 40
+
+    def with_passages(self, examples: Sequence[Example]) -> list[Example]:
+        """Copies of ``examples`` holding their top-N candidates."""
+        own = [ex.model_copy(update={"passages": ex.passages[: self.top_n]}) for ex in examples]
+        need = [i for i, ex in enumerate(own) if not ex.passages]
+        if need and self.retriever is not None:
+            hits = self.retriever.search([own[i].question for i in need], self.top_n)
+            for i, passages in zip(need, hits):
+                own[i].passages = passages
+        return own
+
+    def run(self, examples: Sequence[Example]) -> list[dict[str, Any]]:
+        """Answer a batch. A failing example becomes a record with its ``error``; never dropped.
+
+        The batch goes through the models together; if that raises, the examples are retried
+        one by one so one bad example does not sink the others.
+        """
+        try:
+            return self._run_batch(self.with_passages(examples))
+        except Exception as err:  # noqa: BLE001 - isolate the failing example below
+            if len(examples) == 1:
+                logger.warning("example %s failed: %s", examples[0].id, err)
+                return [to_record(examples[0], None, None, f"{type(err).__name__}: {err}")]
+            logger.warning("batch failed (%s); retrying its %d examples one by one", err, len(examples))
+            return [record for ex in examples for record in self.run([ex])]
+
+    def _run_batch(self, examples: list[Example]) -> list[dict[str, Any]]:
+        selections: list[Selection] = self.reranker.select(examples)
+        usable = [i for i, sel in enumerate(selections) if sel.error is None]
+        answers = self.generator.answer([examples[i] for i in usable], [selections[i] for i in usable])
+        answer_of = dict(zip(usable, answers))
+        # An unusable reranker output leaves the record without an answer: it is counted as
+        # failed (error set), never silently answered some other way or dropped.
+        return [to_record(ex, sel, answer_of.get(i)) for i, (ex, sel) in enumerate(zip(examples, selections))]

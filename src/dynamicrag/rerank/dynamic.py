@@ -1,0 +1,126 @@
+"""The dynamic reranker: one listwise LLM call that writes the needed passage ids, in order.
+
+Beyond one window (N = 50..500 passages with a 40-passage window) the passages are split
+into chunks of ``window``, each chunk is reranked, the survivors of all chunks are kept in
+chunk order (each chunk's ids in the order the model wrote them), and this repeats until the
+survivors fit one window; one final call then chooses among them. Chunk-local ids are mapped
+back to global positions at every round: the original code indexed the global list with
+chunk-local ids after the first chunk (docs/deviations.md).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from dynamicrag.llm.base import Backend, SamplingParams
+from dynamicrag.prompts import PromptStyle, load_style, reranker_chat
+from dynamicrag.rerank.parse import parse_selection
+from dynamicrag.schema import Example, Passage, Selection
+
+RAW_SEPARATOR = " || "  # joins the raw outputs of the calls of one top-N reduction
+
+
+@dataclass
+class DynamicReranker:
+    """Select passages with an LLM writing ``[3], [1]`` or ``None``.
+
+    Args:
+        backend: Any :class:`~dynamicrag.llm.base.Backend`.
+        style: Prompt style (``default`` or ``official`` for the released checkpoints).
+        window: Most passages shown in one call (the paper uses 40 with an 8k context).
+        max_new_tokens: Cap on the id list's length in tokens (100 in the original).
+        temperature: 0 (greedy) by default: selections are deterministic.
+        constrained: Constrain decoding to the id grammar, so outputs are well-formed by
+            construction (worth it for models that were not trained on the format).
+
+    References:
+        Sun et al., DynamicRAG: Leveraging Outputs of Large Language Model as Feedback for
+        Dynamic Reranking in Retrieval-Augmented Generation, arXiv 2505.07233.
+    """
+
+    backend: Backend
+    style: PromptStyle = field(default_factory=load_style)
+    window: int = 40
+    max_new_tokens: int = 100
+    temperature: float = 0.0
+    constrained: bool = False
+
+    def __post_init__(self) -> None:
+        if self.window < 2:
+            raise ValueError(f"window must be >= 2 passages, got {self.window}")
+
+    def _call(self, jobs: Sequence[tuple[str, list[Passage]]]) -> list[Selection]:
+        """One reranker call per (query, passages) job; batched through the backend.
+
+        Jobs are grouped by passage count because the id grammar of constrained decoding
+        depends on it; outputs come back in job order.
+        """
+        groups: dict[int, list[int]] = defaultdict(list)
+        for j, (_, passages) in enumerate(jobs):
+            groups[len(passages)].append(j)
+        out: list[Selection | None] = [None] * len(jobs)
+        for size, members in groups.items():
+            params = SamplingParams(
+                temperature=self.temperature,
+                max_new_tokens=self.max_new_tokens,
+                id_list_max=size if self.constrained else None,
+            )
+            chats = [reranker_chat(self.style, jobs[j][0], jobs[j][1]) for j in members]
+            for j, completions in zip(members, self.backend.generate(chats, params)):
+                c = completions[0]
+                sel = parse_selection(c.text, size, self.style.id_pattern, self.style.none_word)
+                sel.calls, sel.prompt_tokens, sel.completion_tokens = 1, c.prompt_tokens, c.completion_tokens
+                out[j] = sel
+        return out  # type: ignore[return-value]
+
+    def select(self, examples: Sequence[Example]) -> list[Selection]:
+        """Choose passages for each example; ``Selection.ids`` index ``example.passages``."""
+        # candidates[e]: 0-based global positions still in the running for example e
+        candidates = [list(range(len(ex.passages))) for ex in examples]
+        # tallies[e] gathers raw outputs, well-formedness and usage over all calls of example e
+        tallies = [Selection() for _ in examples]
+        raws: list[list[str]] = [[] for _ in examples]
+
+        def account(e: int, sel: Selection) -> None:
+            raws[e].append(sel.raw)
+            t = tallies[e]
+            t.well_formed = t.well_formed and sel.well_formed
+            t.calls += sel.calls
+            t.prompt_tokens += sel.prompt_tokens
+            t.completion_tokens += sel.completion_tokens
+
+        def shown(e: int, positions: list[int]) -> tuple[str, list[Passage]]:
+            return examples[e].question, [examples[e].passages[g] for g in positions]
+
+        # Reduction rounds: every example with more candidates than a window is chunked.
+        while True:
+            jobs = [
+                (e, cands[start : start + self.window])
+                for e, cands in enumerate(candidates)
+                if len(cands) > self.window
+                for start in range(0, len(cands), self.window)
+            ]
+            if not jobs:
+                break
+            survivors: dict[int, list[int]] = defaultdict(list)
+            for (e, chunk), sel in zip(jobs, self._call([shown(e, chunk) for e, chunk in jobs])):
+                account(e, sel)
+                survivors[e].extend(chunk[i - 1] for i in sel.ids)  # chunk-local -> global
+            for e in {e for e, _ in jobs}:
+                kept = survivors[e]
+                if len(kept) >= len(candidates[e]):
+                    # Every chunk kept every passage: cut to one window so the loop ends.
+                    kept = kept[: self.window]
+                candidates[e] = kept
+
+        # The final call, for every example with survivors; the others select None.
+        final = [e for e, cands in enumerate(candidates) if cands]
+        for e, sel in zip(final, self._call([shown(e, candidates[e]) for e in final])):
+            account(e, sel)
+            tallies[e].ids = [candidates[e][i - 1] + 1 for i in sel.ids]  # window-local -> global
+            tallies[e].error = sel.error
+        for t, raw in zip(tallies, raws):
+            t.raw = RAW_SEPARATOR.join(raw)
+        return tallies

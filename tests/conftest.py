@@ -1,0 +1,31 @@
+"""Shared fixtures: the shared data folder and the bundled model, loaded once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never reach a model hub: everything they load ships in a package or is built here.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+# The shared data sits beside the checkout (../shared/data); DYNAMICRAG_SHARED_DATA overrides.
+SHARED_DATA = Path(os.environ.get("DYNAMICRAG_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"shared data not found at {SHARED_DATA} (set DYNAMICRAG_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def smollm():
+    """The default transformers backend on the bundled SmolLM2-135M-Instruct (loaded once)."""
+    from dynamicrag.llm import load_backend
+
+    return load_backend("transformers")
