@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,3 +30,21 @@ def smollm():
     from dynamicrag.llm import load_backend
 
     return load_backend("transformers")
+
+
+@dataclass
+class NQCorpus:
+    passages: list  # gold passages first (position i = question i's gold), then the wiki sample
+    questions: list[str]
+    gold_ids: list[str]  # id of each question's gold passage
+
+
+@pytest.fixture(scope="session")
+def nq(shared_data: Path) -> NQCorpus:
+    """The NQ retrieval corpus of the shared data: 2655 gold passages + 1000 Wikipedia passages."""
+    from dynamicrag.data import load_corpus, load_examples
+
+    examples = load_examples(shared_data / "nq" / "nq-open-oracle.jsonl.gz")
+    gold = [ex.passages[0] for ex in examples]
+    wiki = load_corpus(shared_data / "nq" / "flashrag_wiki_sample.jsonl")
+    return NQCorpus(gold + wiki, [ex.question for ex in examples], [p.id for p in gold])

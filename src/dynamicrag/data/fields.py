@@ -1,0 +1,145 @@
+"""Checks shared by the format modules: each turns a bad field into a DataError naming it."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from dynamicrag.data.errors import Loc
+from dynamicrag.data.files import file_stem
+from dynamicrag.schema import KNOWN_TASKS, Passage
+
+M = TypeVar("M", bound=BaseModel)
+
+# Names some datasets go by, mapped to the task names of schema.KNOWN_TASKS.
+TASK_ALIASES = {"2wikimultihopqa": "2wikimqa"}
+
+
+def task_from_name(name: str) -> str | None:
+    """A known task named by a token of ``name`` (tokens split on non-alphanumerics), or None.
+
+    ``"nq-open-oracle"`` -> ``"nq"``, ``"flashrag_nq_test"`` -> ``"nq"``, ``"unqualified"`` ->
+    None. ``qa`` is not a signal (it is the default), so ``"hotpot_qa"`` gives None.
+    """
+    for token in re.split(r"[^0-9a-z]+", name.lower()):
+        token = TASK_ALIASES.get(token, token)
+        if token in KNOWN_TASKS and token != "qa":
+            return token
+    return None
+
+
+def kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def type_error(loc: Loc, field: str, expected: str, value: Any) -> Exception:
+    return loc.error(field, f"expected {expected}, got {kind(value)}")
+
+
+def required_str(record: dict[str, Any], key: str, loc: Loc) -> str:
+    """``record[key]`` as a non-blank string."""
+    if key not in record:
+        raise loc.error(key, "missing")
+    value = record[key]
+    if not isinstance(value, str):
+        raise type_error(loc, key, "a string", value)
+    if not value.strip():
+        raise loc.error(key, "empty")
+    return value
+
+
+def answer_list(value: Any, field: str, loc: Loc) -> list[str]:
+    """Gold answers as a list of strings: a str becomes a one-element list, None an empty one."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
+        what = kind(value)
+        if isinstance(value, list):
+            what = "a list containing " + next(kind(a) for a in value if not isinstance(a, str))
+        raise loc.error(field, f"expected a list of strings, got {what}")
+    return value
+
+
+def example_id(record: dict[str, Any], loc: Loc, keys: tuple[str, ...] = ("id", "_id")) -> tuple[str, str | None]:
+    """The source id (stringified) and the key it came from, else ``"{file stem}-{n}"``."""
+    for key in keys:
+        value = record.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise type_error(loc, key, "a string or an integer", value)
+        return str(value), key
+    return f"{file_stem(loc.path)}-{loc.n}", None
+
+
+def record_task(record: dict[str, Any]) -> str | None:
+    """The record's own ``task`` (or ``dataset``) field, mapped to a known task when it names one."""
+    for key in ("task", "dataset"):
+        value = record.get(key)
+        if isinstance(value, str) and value.strip():
+            return task_from_name(value) or value.strip().lower()
+    return None
+
+
+def build(model: type[M], loc: Loc, prefix: str, **fields: Any) -> M:
+    """Construct a schema model; a validation error becomes a DataError naming the field."""
+    try:
+        return model(**fields)
+    except ValidationError as err:
+        first = err.errors()[0]
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"])
+        field = (prefix + path).lstrip(".") or None
+        raise loc.error(field, f"{first['msg']}, got {kind(first.get('input'))}") from err
+
+
+def _score(value: Any) -> float | None:
+    # Contriever-style retrieval outputs (Self-RAG's eval files) store scores as strings.
+    if isinstance(value, bool):
+        return None
+    try:
+        score = float(value)
+    except (TypeError, ValueError):
+        return None
+    return score if math.isfinite(score) else None
+
+
+def passage(ctx: Any, loc: Loc, field: str, default_id: str, extra: dict[str, Any] | None = None) -> Passage:
+    """A :class:`Passage` from a ``{id?, title?, text, score?, ...}`` dict; other keys go to extra.
+
+    Args:
+        ctx: The source dict.
+        loc: Where the record is, for errors.
+        field: JSON path of ``ctx`` in its record (``ctxs[3]``), or "" for a top-level record.
+        default_id: Id used when ``ctx`` has none.
+        extra: Fields to add to ``Passage.extra``.
+    """
+    at = f"{field}." if field else ""
+    if not isinstance(ctx, dict):
+        raise type_error(loc, field or None, "a JSON object", ctx)
+    if "text" not in ctx:
+        raise loc.error(f"{at}text", "missing")
+    if isinstance(ctx["text"], str) and not ctx["text"].strip():
+        raise loc.error(f"{at}text", "empty passage text")
+    pid = ctx.get("id")
+    if pid is None:
+        pid = default_id
+    elif isinstance(pid, bool) or not isinstance(pid, (str, int)):
+        raise type_error(loc, f"{at}id", "a string or an integer", pid)
+    score = _score(ctx.get("score"))
+    consumed = ("id", "title", "text", "score") if score is not None else ("id", "title", "text")
+    rest = {k: v for k, v in ctx.items() if k not in consumed}
+    return build(
+        Passage,
+        loc,
+        field,
+        id=str(pid),
+        title=ctx.get("title") or "",
+        text=ctx["text"],
+        score=score,
+        extra={**rest, **(extra or {})},
+    )
