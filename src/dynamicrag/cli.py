@@ -41,6 +41,8 @@ BackendOpt = typer.Option("transformers", "--backend", help="transformers | open
 ModelOpt = typer.Option(None, "--model", help="HF id or path; default: the bundled SmolLM2-135M-Instruct")
 BaseUrlOpt = typer.Option(None, "--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
 StyleOpt = typer.Option("default", "--prompt-style", help="default | official (released checkpoints) | a YAML path")
+RerankTokensOpt = typer.Option(100, "--reranker-max-tokens", help="Cap on the reranker's output (paper: 100)")
+AnswerTokensOpt = typer.Option(200, "--max-new-tokens", help="Cap on the generator's answer (paper: 200)")
 ConstrainedOpt = typer.Option(
     False, "--constrained/--free", help="Constrain reranker decoding to the id grammar ([i], [j] or None)"
 )
@@ -57,7 +59,10 @@ def _backend(name: str, model: str | None, base_url: str | None):
     return load_backend(name, model=model, **kwargs)
 
 
-def _pipeline(backend, style: str, reranker: RerankerKind, k: int, window: int, constrained: bool, retriever, top_n: int):
+def _pipeline(
+    backend, style: str, reranker: RerankerKind, k: int, window: int, constrained: bool, retriever, top_n: int,
+    reranker_tokens: int = 100, answer_tokens: int = 200,
+):
     from dynamicrag.generate import Generator
     from dynamicrag.pipeline import Pipeline
     from dynamicrag.prompts import load_style
@@ -65,10 +70,13 @@ def _pipeline(backend, style: str, reranker: RerankerKind, k: int, window: int, 
 
     prompt_style = load_style(style)
     if reranker is RerankerKind.dynamic:
-        chooser = DynamicReranker(backend, prompt_style, window=window, constrained=constrained)
+        chooser = DynamicReranker(
+            backend, prompt_style, window=window, max_new_tokens=reranker_tokens, constrained=constrained
+        )
     else:
         chooser = TopKReranker(0 if reranker is RerankerKind.none else k)
-    return Pipeline(chooser, Generator(backend, prompt_style), retriever=retriever, top_n=top_n)
+    generator = Generator(backend, prompt_style, max_new_tokens=answer_tokens)
+    return Pipeline(chooser, generator, retriever=retriever, top_n=top_n)
 
 
 def _fail(message: str) -> None:
@@ -78,21 +86,23 @@ def _fail(message: str) -> None:
 
 @app.command()
 def index(
-    corpus: Path = typer.Argument(..., help="Corpus file (JSONL, JSON, FlashRAG, DPR tsv) or folder of .md/.txt"),
+    corpus: list[Path] = typer.Argument(
+        ..., help="Corpus files (JSONL, JSON, FlashRAG, DPR tsv, or a QA file's own passages) or folders of .md/.txt"
+    ),
     out: Path = typer.Option(..., "--out", help="Index directory to write"),
     retriever: RetrieverKind = typer.Option(RetrieverKind.bm25, "--retriever"),
     encoder: Optional[str] = typer.Option(None, "--encoder", help="Dense encoder (HF id or path); default: bundled all-MiniLM-L6-v2"),
     faiss_index: str = typer.Option("flat", "--faiss-index", help="flat (exact) | hnsw | ivf (approximate)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Build a persistent retrieval index over CORPUS."""
+    """Build a persistent retrieval index over one or more CORPUS files."""
     _setup_logging(verbose)
     from dynamicrag.data import DataError, load_corpus
     from dynamicrag.retrieve import build_index
 
     start = time.perf_counter()
     try:
-        passages = load_corpus(corpus)
+        passages = [p for path in corpus for p in load_corpus(path)]
     except (DataError, FileNotFoundError) as err:
         _fail(str(err))
     options = {"encoder": encoder, "faiss_index": faiss_index} if retriever is not RetrieverKind.bm25 else {}
@@ -119,6 +129,8 @@ def infer(
     base_url: Optional[str] = BaseUrlOpt,
     prompt_style: str = StyleOpt,
     constrained: bool = ConstrainedOpt,
+    reranker_tokens: int = RerankTokensOpt,
+    answer_tokens: int = AnswerTokensOpt,
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Answer every question of INPUT: one output record per input record, in order."""
@@ -133,7 +145,10 @@ def infer(
     retriever = load_index(index_dir) if index_dir else None
     if retriever is None and any(not ex.passages for ex in examples) and reranker is not RerankerKind.none:
         console.print("[yellow]warning:[/yellow] some examples have no passages and no --index was given")
-    pipeline = _pipeline(_backend(backend, model, base_url), prompt_style, reranker, k, window, constrained, retriever, top_n)
+    pipeline = _pipeline(
+        _backend(backend, model, base_url), prompt_style, reranker, k, window, constrained, retriever, top_n,
+        reranker_tokens, answer_tokens,
+    )
 
     start = time.perf_counter()
     with ResumableJsonlWriter(output) as writer:
@@ -199,6 +214,8 @@ def ask(
         True, "--constrained/--free",
         help="Constrain reranker decoding to the id grammar (on by default: the bundled model is not trained as a reranker)",
     ),
+    reranker_tokens: int = RerankTokensOpt,
+    answer_tokens: int = AnswerTokensOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the record as JSON"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
@@ -224,7 +241,9 @@ def ask(
             searcher = build_index(passages, index_dir, kind=retriever.value)
     with console.status("loading the model"):
         llm = _backend(backend, model, base_url)
-    pipeline = _pipeline(llm, prompt_style, RerankerKind.dynamic, 0, 40, constrained, searcher, top_n)
+    pipeline = _pipeline(
+        llm, prompt_style, RerankerKind.dynamic, 0, 40, constrained, searcher, top_n, reranker_tokens, answer_tokens
+    )
     with console.status("reranking and answering"):
         record = pipeline.run([Example(id="ask", question=question)])[0]
     if as_json:

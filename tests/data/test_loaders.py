@@ -363,3 +363,15 @@ def test_malformed_corpora(tmp_path):
     bad_gz.write_bytes(gzip.compress(b'{"text": "a"}\n' * 100)[:-20])
     with pytest.raises(DataError, match=r"x\.jsonl\.gz: corrupt or truncated gzip"):
         load_corpus(bad_gz)
+
+
+def test_a_qa_file_serves_as_the_corpus_of_its_own_passages(shared_data):
+    from dynamicrag.data import detect_corpus_format, load_corpus
+
+    path = shared_data / "nq" / "nq-open-oracle.jsonl.gz"
+    assert detect_corpus_format(path) == "examples"
+    passages = load_corpus(path)
+    # 2655 gold passages, of which some questions share the same one: each kept once
+    assert 2500 < len(passages) < 2655
+    assert len({(p.title, p.text) for p in passages}) == len(passages)
+    assert len(load_corpus(shared_data / "hotpotqa" / "hotpotqa_train.json")) == 994

@@ -40,7 +40,18 @@ CORPUS_FORMATS: dict[str, Callable[[Path], Iterator[Passage]]] = {
     "hotpotqa": hotpotqa.iter_corpus,  # JSON object {title: [sentences]}
     "dpr": dpr.iter_corpus,  # psgs_w100.tsv, streamed
     "text": text.iter_corpus,  # a .md/.txt file or a folder of them
+    "examples": lambda path: _passages_of_examples(path),  # the ctxs/docs/context of a QA file
 }
+
+
+def _passages_of_examples(path: Path) -> Iterator[Passage]:
+    """The candidate passages of an examples file, each (title, text) once: its own corpus."""
+    seen: set[tuple[str, str]] = set()
+    for example in iter_examples(path):
+        for passage in example.passages:
+            if (passage.title, passage.text) not in seen:
+                seen.add((passage.title, passage.text))
+                yield passage
 
 JSON_SUFFIXES = (".json", ".jsonl")
 
@@ -94,6 +105,8 @@ def detect_corpus_format(path: str | Path) -> str | None:
     record = _first(path, "corpus")
     if record is None:
         return None
+    if "question" in record or "claim" in record:
+        return "examples"
     if "contents" in record:
         return "flashrag"
     if "text" in record:

@@ -1,0 +1,90 @@
+"""End to end through the CLI with the real bundled models on shared NQ data."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from dynamicrag.cli import app
+from dynamicrag.data import read_jsonl
+
+runner = CliRunner()
+RECORD_FIELDS = {"id", "question", "answers", "task", "passages", "selected", "reranker_output", "answer", "error"}
+
+
+# Short caps keep the end-to-end runs inside the suite's time budget.
+FAST = ["--reranker-max-tokens", "24", "--max-new-tokens", "24"]
+
+
+def invoke(*args: str):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
+@pytest.fixture(scope="module")
+def nq_index(shared_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("index") / "nq-wiki"
+    nq = shared_data / "nq"
+    result = invoke("index", nq / "nq-open-oracle.jsonl.gz", nq / "flashrag_wiki_sample.jsonl", "--out", out)
+    assert "indexed 3600 passages (bm25)" in result.output
+    return out
+
+
+@pytest.mark.slow
+def test_infer_writes_one_well_formed_record_per_question_and_resumes(shared_data, nq_index, tmp_path, smollm):
+    questions = shared_data / "nq" / "flashrag_nq_test.jsonl"  # no passages of their own
+    out = tmp_path / "results.jsonl"
+    args = ["infer", "--input", questions, "--output", out, "--index", nq_index, "--top-n", "5", "--batch-size", "2", *FAST]
+    invoke(*args, "--limit", "2")
+    first = [r for _, r in read_jsonl(out)]
+    result = invoke(*args, "--limit", "3")  # resumes: only the third question runs
+    assert "resuming: 2 of 3" in result.output
+    records = [r for _, r in read_jsonl(out)]
+    assert records[:2] == first and len(records) == 3
+    src = [json.loads(line) for line in questions.read_text().splitlines()[:3]]
+    for record, source in zip(records, src):
+        assert RECORD_FIELDS <= set(record)
+        assert record["id"] == source["id"] and record["question"] == source["question"]
+        assert record["answers"] == source["golden_answers"]
+        assert len(record["passages"]) == 5  # from the index
+        assert all(1 <= i <= 5 for i in record["selected"])
+        assert (record["answer"] is None) == (record["error"] is not None)
+        assert isinstance(record["reranker_output"], str)
+
+
+@pytest.mark.slow
+def test_infer_uses_the_examples_own_passages(shared_data, tmp_path, smollm):
+    src = tmp_path / "nq-oracle-3.jsonl"
+    with gzip.open(shared_data / "nq" / "nq-open-oracle.jsonl.gz", "rt") as f:
+        src.write_text("".join(next(f) for _ in range(3)))
+    out = tmp_path / "out.jsonl"
+    invoke("infer", "--input", src, "--output", out, "--constrained", "--batch-size", "3", *FAST)
+    records = [r for _, r in read_jsonl(out)]
+    assert len(records) == 3 and all(r["task"] == "nq" for r in records)
+    assert all(len(r["passages"]) == 1 and r["passages"][0]["isgold"] for r in records)
+    # constrained decoding: every output is well formed, none fails
+    assert all(r["well_formed"] and r["error"] is None and r["answer"] for r in records)
+
+
+@pytest.mark.slow
+def test_ask_answers_from_the_embedded_corpus(smollm):
+    result = invoke("ask", "How does DynamicRAG choose the number of passages?", "--json", *FAST)
+    record = json.loads(result.stdout)
+    assert record["error"] is None and record["answer"]
+    assert len(record["passages"]) == 10
+    titles = {p["title"] for p in record["passages"]}
+    assert any("DynamicRAG" in t or "passages" in t.lower() for t in titles)
+    assert all(1 <= i <= 10 for i in record["selected"]) and record["well_formed"]
+
+
+def test_bad_input_file_names_file_line_and_field(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q1", "answers": ["a"]}\n{"question": "q2", "answers": 3}\n')
+    result = runner.invoke(app, ["infer", "--input", str(bad), "--output", str(tmp_path / "o.jsonl")])
+    assert result.exit_code == 2
+    assert "bad.jsonl:2" in result.output and "answers" in result.output
+    assert not (tmp_path / "o.jsonl").exists()
