@@ -1,0 +1,113 @@
+"""A CPU backend on llama.cpp (extra ``[llamacpp]``): runs GGUF files quantised, as shipped.
+
+The bundled SmolLM2 GGUF runs here without the fp32 conversion the transformers backend needs,
+which makes it the fastest CPU option when ``llama-cpp-python`` is installed (building it takes
+several minutes, so it is optional). The id grammar is enforced with a GBNF grammar.
+
+Example:
+    >>> llm = LlamaCppBackend()  # the bundled SmolLM2-135M-Instruct Q4_1
+    >>> llm.generate([[{"role": "user", "content": "Hi"}]], SamplingParams(max_new_tokens=8))
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from dynamicrag.llm.base import Chat, Completion, SamplingParams
+from dynamicrag.llm.models import bundled_gguf_path
+from dynamicrag.llm.openai_backend import ID_LIST_GBNF
+
+logger = logging.getLogger(__name__)
+
+
+def _import_llama_cpp() -> Any:
+    try:
+        import llama_cpp
+    except ImportError as e:
+        raise ImportError("the llama.cpp backend needs llama-cpp-python: `pip install dynamicrag[llamacpp]`") from e
+    return llama_cpp
+
+
+class LlamaCppBackend:
+    """Generate with llama.cpp through ``llama_cpp.Llama.create_chat_completion``.
+
+    The chat template is the one stored in the GGUF file. Sampling matches the other
+    backends: no top-k, min-p or repetition penalty unless given in ``llama_kwargs``.
+
+    Args:
+        model_path: A ``.gguf`` file; ``None`` for the bundled SmolLM2-135M-Instruct.
+        n_ctx: Context window in tokens.
+        n_threads: CPU threads; ``None`` lets llama.cpp choose.
+        **llama_kwargs: Passed to ``llama_cpp.Llama`` unchanged (e.g. ``n_gpu_layers``).
+    """
+
+    name = "llamacpp"
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike | None = None,
+        *,
+        n_ctx: int = 8192,
+        n_threads: int | None = None,
+        **llama_kwargs: Any,
+    ) -> None:
+        self._llama_cpp = _import_llama_cpp()
+        path = bundled_gguf_path() if model_path is None else os.fspath(model_path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"GGUF file {path} does not exist")
+        self.model = str(path)
+        self.llm = self._llama_cpp.Llama(model_path=self.model, n_ctx=n_ctx, n_threads=n_threads,
+                                         verbose=False, **llama_kwargs)
+        self._grammar = None
+
+    def generate(self, chats: Sequence[Chat], params: SamplingParams) -> list[list[Completion]]:
+        """Return ``params.n`` completions for each chat, in input order (one at a time)."""
+        kwargs: dict[str, Any] = {
+            "temperature": params.temperature,  # llama.cpp samples greedily at 0
+            "top_p": params.top_p,
+            "top_k": 0,
+            "min_p": 0.0,
+            "repeat_penalty": 1.0,
+            "max_tokens": params.max_new_tokens,
+            "stop": list(params.stop) or None,
+        }
+        if params.id_list_max is not None:
+            if self._grammar is None:
+                self._grammar = self._llama_cpp.LlamaGrammar.from_string(ID_LIST_GBNF, verbose=False)
+            kwargs["grammar"] = self._grammar
+        results = []
+        for chat in chats:
+            completions = []
+            for i in range(params.n):
+                # One seed for all n samples would give n copies: offset it per sample.
+                seed = None if params.seed is None else params.seed + i
+                response = self.llm.create_chat_completion(messages=chat, seed=seed, **kwargs)
+                usage, choice = response["usage"], response["choices"][0]
+                completions.append(Completion(
+                    text=choice["message"]["content"] or "",
+                    prompt_tokens=usage["prompt_tokens"],
+                    completion_tokens=usage["completion_tokens"],
+                    finish_reason=choice["finish_reason"],
+                ))
+            results.append(completions)
+        return results
+
+    def count_tokens(self, chat: Chat) -> int:
+        """Prompt tokens of ``chat`` after the GGUF's chat template."""
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        template = self.llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise ValueError(f"{self.model} has no chat template in its metadata")
+        vocab = self.llm
+        formatter = Jinja2ChatFormatter(
+            template=template,
+            eos_token=vocab.detokenize([vocab.token_eos()]).decode(),
+            bos_token=vocab.detokenize([vocab.token_bos()]).decode(),
+            add_generation_prompt=True,
+        )
+        prompt = formatter(messages=chat).prompt
+        return len(self.llm.tokenize(prompt.encode(), add_bos=False, special=True))
