@@ -50,6 +50,11 @@ ConstrainedOpt = typer.Option(
 
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s sets its own logger to DEBUG
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # our own progress display is enough
 
 
 def _backend(name: str, model: str | None, base_url: str | None):
@@ -238,7 +243,7 @@ def ask(
         except DataError as err:
             _fail(str(err))
         with console.status(f"indexing {len(passages)} passages of {corpus} (once)"):
-            searcher = build_index(passages, index_dir, kind=retriever.value)
+            searcher = build_index(passages, index_dir, kind=retriever.value, show_progress=False)
     with console.status("loading the model"):
         llm = _backend(backend, model, base_url)
     pipeline = _pipeline(
