@@ -32,8 +32,10 @@ class RetrieverKind(str, Enum):
 
 class RerankerKind(str, Enum):
     dynamic = "dynamic"
-    topk = "topk"
     none = "none"
+    topk = "topk"
+    pointwise = "pointwise"
+    listwise = "listwise"
 
 
 # Options shared by the commands that run models.
@@ -41,7 +43,9 @@ BackendOpt = typer.Option("transformers", "--backend", help="transformers | open
 ModelOpt = typer.Option(None, "--model", help="HF id or path; default: the bundled SmolLM2-135M-Instruct")
 BaseUrlOpt = typer.Option(None, "--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
 StyleOpt = typer.Option("default", "--prompt-style", help="default | official (released checkpoints) | a YAML path")
-RerankTokensOpt = typer.Option(100, "--reranker-max-tokens", help="Cap on the reranker's output (paper: 100)")
+RerankTokensOpt = typer.Option(
+    None, "--reranker-max-tokens", help="Cap on an LLM reranker's output (default: dynamic 100 as in the paper; listwise: a full permutation)"
+)
 AnswerTokensOpt = typer.Option(200, "--max-new-tokens", help="Cap on the generator's answer (paper: 200)")
 ConstrainedOpt = typer.Option(
     False, "--constrained/--free", help="Constrain reranker decoding to the id grammar ([i], [j] or None)"
@@ -65,21 +69,15 @@ def _backend(name: str, model: str | None, base_url: str | None):
 
 
 def _pipeline(
-    backend, style: str, reranker: RerankerKind, k: int, window: int, constrained: bool, retriever, top_n: int,
-    reranker_tokens: int = 100, answer_tokens: int = 200,
+    backend, style: str, reranker: RerankerKind, retriever, top_n: int, answer_tokens: int = 200, **reranker_options
 ):
     from dynamicrag.generate import Generator
     from dynamicrag.pipeline import Pipeline
     from dynamicrag.prompts import load_style
-    from dynamicrag.rerank import DynamicReranker, TopKReranker
+    from dynamicrag.rerank import make_reranker
 
     prompt_style = load_style(style)
-    if reranker is RerankerKind.dynamic:
-        chooser = DynamicReranker(
-            backend, prompt_style, window=window, max_new_tokens=reranker_tokens, constrained=constrained
-        )
-    else:
-        chooser = TopKReranker(0 if reranker is RerankerKind.none else k)
+    chooser = make_reranker(reranker.value, backend, prompt_style, **reranker_options)
     generator = Generator(backend, prompt_style, max_new_tokens=answer_tokens)
     return Pipeline(chooser, generator, retriever=retriever, top_n=top_n)
 
@@ -123,9 +121,11 @@ def infer(
     output: Path = typer.Option(..., "--output", help="Results JSONL (resumed if it exists)"),
     index_dir: Optional[Path] = typer.Option(None, "--index", help="Index for examples without their own passages"),
     top_n: int = typer.Option(40, "--top-n", help="Candidates the reranker sees"),
-    window: int = typer.Option(40, "--window", help="Most passages per reranker call"),
+    window: Optional[int] = typer.Option(None, "--window", help="Passages per reranker call (dynamic: 40, listwise: 20)"),
     reranker: RerankerKind = typer.Option(RerankerKind.dynamic, "--reranker"),
-    k: int = typer.Option(5, "--k", help="Passages kept by --reranker topk"),
+    k: int = typer.Option(5, "--k", help="Passages kept by --reranker topk|pointwise|listwise"),
+    scorer: str = typer.Option("embedding", "--scorer", help="Pointwise scorer: embedding | monot5:MODEL | cross-encoder:MODEL | causal:[MODEL]"),
+    stride: int = typer.Option(10, "--stride", help="Listwise sliding-window step"),
     task: Optional[str] = typer.Option(None, "--task", help="Task of every example (default: detected)"),
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N examples"),
     batch_size: int = typer.Option(8, "--batch-size", help="Examples per model batch"),
@@ -134,7 +134,7 @@ def infer(
     base_url: Optional[str] = BaseUrlOpt,
     prompt_style: str = StyleOpt,
     constrained: bool = ConstrainedOpt,
-    reranker_tokens: int = RerankTokensOpt,
+    reranker_tokens: Optional[int] = RerankTokensOpt,
     answer_tokens: int = AnswerTokensOpt,
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
@@ -150,9 +150,10 @@ def infer(
     retriever = load_index(index_dir) if index_dir else None
     if retriever is None and any(not ex.passages for ex in examples) and reranker is not RerankerKind.none:
         console.print("[yellow]warning:[/yellow] some examples have no passages and no --index was given")
+    llm = _backend(backend, model, base_url)  # the generator needs it whatever the reranker
     pipeline = _pipeline(
-        _backend(backend, model, base_url), prompt_style, reranker, k, window, constrained, retriever, top_n,
-        reranker_tokens, answer_tokens,
+        llm, prompt_style, reranker, retriever, top_n, answer_tokens,
+        k=k, window=window, stride=stride, constrained=constrained, scorer=scorer, max_new_tokens=reranker_tokens,
     )
 
     start = time.perf_counter()
@@ -219,7 +220,7 @@ def ask(
         True, "--constrained/--free",
         help="Constrain reranker decoding to the id grammar (on by default: the bundled model is not trained as a reranker)",
     ),
-    reranker_tokens: int = RerankTokensOpt,
+    reranker_tokens: Optional[int] = RerankTokensOpt,
     answer_tokens: int = AnswerTokensOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the record as JSON"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
@@ -247,7 +248,8 @@ def ask(
     with console.status("loading the model"):
         llm = _backend(backend, model, base_url)
     pipeline = _pipeline(
-        llm, prompt_style, RerankerKind.dynamic, 0, 40, constrained, searcher, top_n, reranker_tokens, answer_tokens
+        llm, prompt_style, RerankerKind.dynamic, searcher, top_n, answer_tokens,
+        constrained=constrained, max_new_tokens=reranker_tokens,
     )
     with console.status("reranking and answering"):
         record = pipeline.run([Example(id="ask", question=question)])[0]

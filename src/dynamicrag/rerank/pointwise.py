@@ -1,0 +1,304 @@
+"""Pointwise baselines: score each (query, passage) pair on its own, then keep the top k.
+
+A scorer is anything with ``score(query, passages) -> list[float]`` (higher is more relevant).
+Three are provided: a monoT5-style yes/no scorer (seq2seq or causal LM), a sentence-transformers
+cross-encoder, and the offline default, cosine similarity under the bundled all-MiniLM-L6-v2.
+
+Example:
+    >>> reranker = PointwiseReranker(make_scorer("embedding"), k=5)
+    >>> [selection] = reranker.select([example])
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from dynamicrag.retrieve.base import passage_text
+from dynamicrag.schema import Example, Passage, Selection
+
+if TYPE_CHECKING:
+    from sentence_transformers import CrossEncoder, SentenceTransformer
+
+logger = logging.getLogger(__name__)
+
+# monoT5's input, as in pygaggle (Nogueira et al. 2020): the title is not included.
+MONOT5_TEMPLATE = "Query: {query} Document: {document} Relevant:"
+DEFAULT_MONOT5 = "castorini/monot5-base-msmarco"
+DEFAULT_CROSS_ENCODER = "cross-encoder/ms-marco-MiniLM-L6-v2"
+
+
+class Scorer(Protocol):
+    """Relevance of each passage to a query; higher is more relevant."""
+
+    def score(self, query: str, passages: Sequence[Passage]) -> list[float]:
+        """One score per passage, in input order."""
+        ...
+
+
+@dataclass
+class PointwiseReranker:
+    """Score every candidate with a :class:`Scorer` and keep the ``k`` best, best first.
+
+    Args:
+        scorer: Any :class:`Scorer`.
+        k: Passages kept per example (fewer when an example has fewer).
+
+    Returns from :meth:`select`: Selections whose ``ids`` are 1-based positions, by decreasing
+    score (equal scores keep retrieval order); ``calls`` is the number of passages scored.
+    """
+
+    scorer: Scorer
+    k: int = 5
+
+    def __post_init__(self) -> None:
+        if self.k < 0:
+            raise ValueError(f"k must be >= 0, got {self.k}")
+
+    def select(self, examples: Sequence[Example]) -> list[Selection]:
+        """Top-``k`` passages of each example by score."""
+        out = []
+        for ex in examples:
+            if not ex.passages or self.k == 0:
+                out.append(Selection())
+                continue
+            scores = self.scorer.score(ex.question, ex.passages)
+            if len(scores) != len(ex.passages):
+                raise ValueError(
+                    f"scorer {type(self.scorer).__name__} returned {len(scores)} scores "
+                    f"for {len(ex.passages)} passages (example {ex.id!r})"
+                )
+            # NaN sorts last; sorted() is stable, so equal scores keep retrieval order.
+            keys = [-s if not math.isnan(s) else math.inf for s in map(float, scores)]
+            order = sorted(range(len(keys)), key=keys.__getitem__)
+            out.append(Selection(ids=[i + 1 for i in order[: self.k]], calls=len(scores)))
+        return out
+
+
+class MonoT5Scorer:
+    """monoT5-style relevance: log P("true") against "false" at the first decoded token.
+
+    Works with a seq2seq model (``castorini/monot5-base-msmarco``: the first decoder step)
+    and with a causal LM (the next token after the prompt; the same text, no chat template).
+
+    Args:
+        model: A loaded model, or a hub id / local path (seq2seq or causal is read from its
+            config).
+        tokenizer: The model's tokenizer (required when ``model`` is a loaded model).
+        device: Torch device when loading by name.
+        batch_size: Pairs per forward pass.
+        max_length: Token limit of one input (512 for monoT5).
+        true_word: The word meaning relevant.
+        false_word: The word meaning not relevant.
+
+    References:
+        Nogueira et al., Document Ranking with a Pretrained Sequence-to-Sequence Model,
+        Findings of EMNLP 2020.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any = None,
+        *,
+        device: str = "cpu",
+        batch_size: int = 8,
+        max_length: int = 512,
+        true_word: str = "true",
+        false_word: str = "false",
+    ) -> None:
+        if isinstance(model, str):
+            model, tokenizer = _load_lm(model, device)
+        elif tokenizer is None:
+            raise ValueError("MonoT5Scorer needs the tokenizer of a model passed as an object")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model, self.tokenizer = model, tokenizer
+        self.batch_size, self.max_length = batch_size, max_length
+        self.seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+        self.true_id = _single_token(tokenizer, true_word)
+        self.false_id = _single_token(tokenizer, false_word)
+        # Tokens of the template without query or document: what the document cannot use.
+        self._frame = len(self._ids(MONOT5_TEMPLATE.format(query="", document="")))
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=True)["input_ids"]
+
+    def _prompt(self, query: str, passage: Passage) -> str:
+        # Deviation from pygaggle, which truncates the joined text and so drops "Relevant:"
+        # from long inputs: here only the document is cut, so the question stays last.
+        budget = self.max_length - self._frame - len(self.tokenizer(query, add_special_tokens=False)["input_ids"])
+        doc = self.tokenizer(passage.text, add_special_tokens=False)["input_ids"]
+        text = passage.text
+        if len(doc) > budget:
+            text = self.tokenizer.decode(doc[: max(budget, 0)], skip_special_tokens=True)
+        return MONOT5_TEMPLATE.format(query=query, document=text)
+
+    def score(self, query: str, passages: Sequence[Passage]) -> list[float]:
+        """log P(true) (against false) per passage, in input order."""
+        import torch
+
+        prompts = [self._prompt(query, p) for p in passages]
+        device = next(self.model.parameters()).device
+        scores: list[float] = []
+        with torch.inference_mode():
+            for start in range(0, len(prompts), self.batch_size):
+                batch = self.tokenizer(
+                    prompts[start : start + self.batch_size],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                ).to(device)
+                logits = self._first_step_logits(batch)  # (batch, vocab)
+                pair = logits[:, [self.true_id, self.false_id]].float()  # (batch, 2)
+                scores.extend(torch.log_softmax(pair, dim=-1)[:, 0].tolist())
+        return scores
+
+    def _first_step_logits(self, batch: Any) -> Any:
+        import torch
+
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        if self.seq2seq:
+            start = self.model.config.decoder_start_token_id
+            decoder = torch.full((ids.shape[0], 1), start, dtype=torch.long, device=ids.device)
+            return self.model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder).logits[:, 0]
+        # Either padding side: positions count real tokens only, and each row is read at its
+        # last real token.
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+        last = mask.shape[1] - 1 - mask.flip(1).argmax(1)  # (batch,)
+        return logits[torch.arange(ids.shape[0], device=ids.device), last]
+
+
+def _load_lm(name: str, device: str) -> tuple[Any, Any]:
+    """A seq2seq or causal LM (by its config) and its tokenizer, in eval mode."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(name)
+    cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    logger.info("Loading %s as %s on %s", name, cls.__name__, device)
+    tokenizer = AutoTokenizer.from_pretrained(name)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return cls.from_pretrained(name).to(device).eval(), tokenizer
+
+
+def _single_token(tokenizer: Any, word: str) -> int:
+    """The id of ``word`` as it follows a space ("Relevant: true"); it must be one token."""
+    ids = tokenizer(" " + word, add_special_tokens=False)["input_ids"]
+    # SentencePiece may split off a bare "▁"; that piece carries no letters of the word.
+    ids = [i for i in ids if tokenizer.decode([i]).strip()]
+    if len(ids) != 1:
+        raise ValueError(
+            f"{word!r} is {len(ids)} tokens for tokenizer {getattr(tokenizer, 'name_or_path', '?')}; "
+            "a monoT5 scorer needs a one-token word"
+        )
+    return ids[0]
+
+
+class CrossEncoderScorer:
+    """A sentence-transformers :class:`~sentence_transformers.CrossEncoder` on (query, passage).
+
+    Args:
+        model: A loaded CrossEncoder, or a hub id / local path
+            (e.g. ``cross-encoder/ms-marco-MiniLM-L6-v2``).
+        batch_size: Pairs per forward pass.
+        device: Torch device when loading by name; None lets sentence-transformers choose.
+
+    Passages are given as ``"title\\ntext"`` (the retrievers' convention).
+    """
+
+    def __init__(self, model: str | CrossEncoder, *, batch_size: int = 32, device: str | None = None) -> None:
+        if isinstance(model, str):
+            from sentence_transformers import CrossEncoder
+
+            model = CrossEncoder(model, device=device)
+        self.model = model
+        self.batch_size = batch_size
+
+    def score(self, query: str, passages: Sequence[Passage]) -> list[float]:
+        """The cross-encoder's score per passage (its own activation), in input order."""
+        pairs = [(query, passage_text(p)) for p in passages]
+        scores = self.model.predict(pairs, batch_size=self.batch_size, show_progress_bar=False, convert_to_numpy=True)
+        scores = np.asarray(scores, dtype=np.float64)
+        if scores.ndim == 2:  # several labels: the last is "relevant" (binary heads)
+            scores = scores[:, -1]
+        return scores.tolist()
+
+
+class EmbeddingScorer:
+    """Cosine similarity of query and passage embeddings (the offline default).
+
+    Args:
+        encoder: A loaded SentenceTransformer, a hub id / local path, or None for the bundled
+            all-MiniLM-L6-v2 (see :func:`dynamicrag.retrieve.dense.load_encoder`).
+        batch_size: Texts per encoder batch.
+
+    Passages are encoded as ``"title\\ntext"``, as the dense retriever indexes them.
+    """
+
+    def __init__(self, encoder: str | SentenceTransformer | None = None, *, batch_size: int = 32) -> None:
+        if encoder is None or isinstance(encoder, str):
+            from dynamicrag.retrieve.dense import load_encoder
+
+            encoder = load_encoder(encoder)
+        self.encoder = encoder
+        self.batch_size = batch_size
+
+    def score(self, query: str, passages: Sequence[Passage]) -> list[float]:
+        """Cosine similarity per passage, in input order."""
+        kwargs = dict(batch_size=self.batch_size, show_progress_bar=False, convert_to_numpy=True, normalize_embeddings=True)
+        q = self.encoder.encode_query([query], **kwargs)  # (1, dim)
+        d = self.encoder.encode_document([passage_text(p) for p in passages], **kwargs)  # (n, dim)
+        return (np.asarray(d, dtype=np.float64) @ np.asarray(q, dtype=np.float64)[0]).tolist()
+
+
+def _causal(model: str) -> MonoT5Scorer:
+    from dynamicrag.llm import load_backend
+
+    backend = load_backend("transformers", model or None)  # shares the loaded model
+    return MonoT5Scorer(backend.lm, backend.tokenizer)  # type: ignore[attr-defined]
+
+
+SCORERS: dict[str, Callable[[str], Scorer]] = {
+    "embedding": lambda arg: EmbeddingScorer(arg or None),
+    "monot5": lambda arg: MonoT5Scorer(arg or DEFAULT_MONOT5),
+    "cross-encoder": lambda arg: CrossEncoderScorer(arg or DEFAULT_CROSS_ENCODER),
+    "causal": _causal,
+}
+"""Scorer kind -> factory taking the model part of ``"kind:model"`` ("" when absent)."""
+
+
+def make_scorer(name_or_path: str = "embedding") -> Scorer:
+    """Build a scorer from ``"kind"`` or ``"kind:model"``.
+
+    Kinds: ``embedding[:encoder]`` (bundled all-MiniLM-L6-v2 by default),
+    ``monot5[:model]`` (castorini/monot5-base-msmarco), ``cross-encoder[:model]``
+    (cross-encoder/ms-marco-MiniLM-L6-v2), ``causal[:model]`` (the bundled SmolLM2).
+
+    Raises:
+        ValueError: Unknown kind (the message lists the known ones).
+    """
+    kind, _, arg = name_or_path.partition(":")
+    if kind not in SCORERS:
+        raise ValueError(
+            f"unknown scorer {name_or_path!r}; use one of {sorted(SCORERS)}, optionally as 'kind:model'"
+        )
+    return SCORERS[kind](arg.strip())
+
+
+__all__ = [
+    "CrossEncoderScorer",
+    "EmbeddingScorer",
+    "MonoT5Scorer",
+    "PointwiseReranker",
+    "SCORERS",
+    "Scorer",
+    "make_scorer",
+]
