@@ -88,3 +88,26 @@ def test_bad_input_file_names_file_line_and_field(tmp_path):
     assert result.exit_code == 2
     assert "bad.jsonl:2" in result.output and "answers" in result.output
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_evaluate_reports_failed_records_and_writes_json_and_plots(shared_data, tmp_path):
+    from dynamicrag.data import ResumableJsonlWriter, load_examples
+    from dynamicrag.generate import Generator
+    from dynamicrag.pipeline import Pipeline
+    from dynamicrag.rerank import DynamicReranker
+    from fakes import ScriptedBackend
+
+    examples = load_examples(shared_data / "hotpotqa" / "hotpotqa_train.json", limit=4)
+    backend = ScriptedBackend(outputs={0: "gibberish"})  # the first reranker call is unusable
+    records = Pipeline(DynamicReranker(backend), Generator(backend)).run(examples)
+    path = tmp_path / "run.jsonl"
+    with ResumableJsonlWriter(path) as writer:
+        for r in records:
+            writer.write(r)
+    result = invoke("evaluate", path, "--out", tmp_path / "eval")
+    summary = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    group = summary["run"]["groups"]["all"]
+    assert group["n"] == 4 and group["failed"] == 1  # reported, not excluded
+    assert group["selection"]["malformed"] == 0.25
+    assert (tmp_path / "eval" / "k_hist.png").exists()
+    assert "run" in result.output

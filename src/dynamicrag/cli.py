@@ -55,7 +55,6 @@ ConstrainedOpt = typer.Option(
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not verbose:
-        logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s sets its own logger to DEBUG
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # our own progress display is enough
@@ -270,6 +269,55 @@ def ask(
         table.add_row(str(rank), p["title"], p["text"][:120] + ("..." if len(p["text"]) > 120 else ""))
     console.print(table)
     console.print(f"reranker output: {record['reranker_output']!r}")
+
+
+@app.command()
+def evaluate(
+    results: list[Path] = typer.Argument(..., exists=True, dir_okay=False, help="infer output JSONL files, one per run"),
+    by: Optional[str] = typer.Option(None, "--by", help="Record field to group by, e.g. task"),
+    out: Path = typer.Option(Path("evaluation"), "--out", help="Folder for evaluation.json, evaluation.md and the plots"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Score infer outputs: answer and reranker metrics, k statistics, plots (failed records count as wrong)."""
+    _setup_logging(verbose)
+    from dynamicrag.data import DataError
+    from dynamicrag.evaluate.report import evaluate_command, render_table
+
+    try:
+        summary = evaluate_command(results, by, out)
+    except (DataError, ValueError) as err:
+        _fail(str(err))
+    console.print(render_table(summary))
+    console.print(f"wrote {out / 'evaluation.json'}, {out / 'evaluation.md'} and the plots in {out}")
+
+
+@app.command()
+def benchmark(
+    data: Path = typer.Option(..., "--data", help="Folder the config's files are relative to (e.g. ../shared/data)"),
+    out: Path = typer.Option(..., "--out", help="Output folder: runs/, indexes/, comparison.md/.json, plots"),
+    config: Optional[Path] = typer.Option(None, "--config", help="Benchmark YAML; default: the shared-data comparison"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run benchmarks x rerankers with one generator and write one comparison table and plots."""
+    _setup_logging(verbose)
+    from dynamicrag.evaluate.benchmark import default_config_path, load_config, run_benchmark
+
+    try:
+        cfg = load_config(config or default_config_path())
+    except (ValueError, FileNotFoundError) as err:
+        _fail(str(err))
+    start = time.perf_counter()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console) as progress:
+        bars: dict[str, int] = {}
+
+        def on_progress(run: str, done: int, total: int) -> None:
+            if run not in bars:
+                bars[run] = progress.add_task(run, total=total)
+            progress.update(bars[run], completed=done)
+
+        comparison = run_benchmark(cfg, data, out, on_progress)
+    typer.echo((out / "comparison.md").read_text("utf-8"))
+    console.print(f"wall time {time.perf_counter() - start:.0f} s; plots: {', '.join(comparison['plots'])}")
 
 
 if __name__ == "__main__":

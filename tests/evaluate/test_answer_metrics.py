@@ -112,7 +112,7 @@ def test_asqa_str_em_counts_pairs_with_a_contained_short_answer():
 
 
 def test_task_metrics():
-    assert TASK_METRICS["nq"] == ["em", "match", "f1"]
+    assert TASK_METRICS["nq"] == ["match", "em", "f1"]
     assert TASK_METRICS["fever"] == ["accuracy"]
     assert TASK_METRICS["eli5"] == ["rouge_l"]
     assert TASK_METRICS["asqa"] == ["str_em", "rouge_l"]

@@ -217,7 +217,8 @@ METRICS: dict[str, Callable[[str, dict[str, Any]], float]] = {
     "str_em": _str_em,
 }
 
-_SHORT_QA = ["em", "match", "f1"]
+# match first: it is the headline metric (a small generator writes sentences, so EM is ~0).
+_SHORT_QA = ["match", "em", "f1"]
 TASK_METRICS: dict[str, list[str]] = {
     **{task: _SHORT_QA for task in ("nq", "triviaqa", "hotpotqa", "2wikimqa", "popqa", "qa")},
     "fever": ["accuracy"],
@@ -227,7 +228,7 @@ TASK_METRICS: dict[str, list[str]] = {
 
 
 def task_metrics(task: str) -> list[str]:
-    """The metric names reported for ``task``; unknown tasks are short-answer QA (em, match, f1)."""
+    """The metric names reported for ``task``; unknown tasks are short-answer QA (match, em, f1)."""
     return list(TASK_METRICS.get(task, _SHORT_QA))
 
 
@@ -246,7 +247,10 @@ def score_record(record: dict[str, Any], metrics: Sequence[str] | None = None) -
     Raises:
         ValueError: An unknown metric name, or an ASQA record without ``qa_pairs``.
     """
-    names = list(metrics) if metrics is not None else task_metrics(record.get("task") or "qa")
+    if metrics is None:
+        # a benchmark config may name the metrics of its runs (stored on each record)
+        metrics = record.get("metrics") or task_metrics(record.get("task") or "qa")
+    names = list(metrics)
     unknown = [n for n in names if n not in METRICS]
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown}; choose from {sorted(METRICS)}")

@@ -22,6 +22,9 @@ from dynamicrag.retrieve.base import BaseRetriever, Hits, check_corpus, passage_
 from dynamicrag.schema import Passage
 
 logger = logging.getLogger(__name__)
+# bm25s pins its own logger to DEBUG at import, which prints its chatter under any application
+# logging set-up; hand the level back to the application.
+logging.getLogger("bm25s").setLevel(logging.NOTSET)
 
 SUBDIR = "bm25"
 STOPWORDS = "en"
