@@ -111,3 +111,14 @@ def test_evaluate_reports_failed_records_and_writes_json_and_plots(shared_data, 
     assert group["selection"]["malformed"] == 0.25
     assert (tmp_path / "eval" / "k_hist.png").exists()
     assert "run" in result.output
+
+
+@pytest.mark.parametrize(
+    "option, message", [("batch_size", "KEY=VALUE"), ("no_such_option=1", "backend 'transformers'")]
+)
+def test_bad_backend_options_are_clear_errors(shared_data, tmp_path, option, message):
+    result = runner.invoke(app, [
+        "infer", "--input", str(shared_data / "nq" / "flashrag_nq_test.jsonl"), "--output", str(tmp_path / "o.jsonl"),
+        "--backend-option", option,
+    ])
+    assert result.exit_code == 2 and message in result.output

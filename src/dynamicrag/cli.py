@@ -42,6 +42,9 @@ class RerankerKind(str, Enum):
 BackendOpt = typer.Option("transformers", "--backend", help="transformers | openai | vllm | llamacpp")
 ModelOpt = typer.Option(None, "--model", help="HF id or path; default: the bundled SmolLM2-135M-Instruct")
 BaseUrlOpt = typer.Option(None, "--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
+BackendOptionsOpt = typer.Option(
+    None, "--backend-option", help="KEY=VALUE passed to the backend, repeatable (e.g. batch_size=16, guided_decoding=grammar)"
+)
 StyleOpt = typer.Option("default", "--prompt-style", help="default | official (released checkpoints) | a YAML path")
 RerankTokensOpt = typer.Option(
     None, "--reranker-max-tokens", help="Cap on an LLM reranker's output (default: dynamic 100 as in the paper; listwise: a full permutation)"
@@ -60,11 +63,21 @@ def _setup_logging(verbose: bool) -> None:
         hf_logging.disable_progress_bar()  # our own progress display is enough
 
 
-def _backend(name: str, model: str | None, base_url: str | None):
+def _backend(name: str, model: str | None, base_url: str | None, options: list[str] | None = None):
+    import yaml
+
     from dynamicrag.llm import load_backend
 
-    kwargs = {"base_url": base_url} if base_url else {}
-    return load_backend(name, model=model, **kwargs)
+    kwargs: dict = {"base_url": base_url} if base_url else {}
+    for option in options or []:
+        key, sep, value = option.partition("=")
+        if not sep or not key:
+            _fail(f"--backend-option takes KEY=VALUE, got {option!r}")
+        kwargs[key.strip()] = yaml.safe_load(value)  # 16 -> int, true -> bool, text stays text
+    try:
+        return load_backend(name, model=model, **kwargs)
+    except (TypeError, ValueError) as err:
+        _fail(f"backend {name!r}: {err}")
 
 
 def _pipeline(
@@ -131,6 +144,7 @@ def infer(
     backend: str = BackendOpt,
     model: Optional[str] = ModelOpt,
     base_url: Optional[str] = BaseUrlOpt,
+    backend_options: Optional[list[str]] = BackendOptionsOpt,
     prompt_style: str = StyleOpt,
     constrained: bool = ConstrainedOpt,
     reranker_tokens: Optional[int] = RerankTokensOpt,
@@ -149,7 +163,7 @@ def infer(
     retriever = load_index(index_dir) if index_dir else None
     if retriever is None and any(not ex.passages for ex in examples) and reranker is not RerankerKind.none:
         console.print("[yellow]warning:[/yellow] some examples have no passages and no --index was given")
-    llm = _backend(backend, model, base_url)  # the generator needs it whatever the reranker
+    llm = _backend(backend, model, base_url, backend_options)  # the generator needs it whatever the reranker
     pipeline = _pipeline(
         llm, prompt_style, reranker, retriever, top_n, answer_tokens,
         k=k, window=window, stride=stride, constrained=constrained, scorer=scorer, max_new_tokens=reranker_tokens,
@@ -214,6 +228,7 @@ def ask(
     backend: str = BackendOpt,
     model: Optional[str] = ModelOpt,
     base_url: Optional[str] = BaseUrlOpt,
+    backend_options: Optional[list[str]] = BackendOptionsOpt,
     prompt_style: str = StyleOpt,
     constrained: bool = typer.Option(
         True, "--constrained/--free",
@@ -245,7 +260,7 @@ def ask(
         with console.status(f"indexing {len(passages)} passages of {corpus} (once)"):
             searcher = build_index(passages, index_dir, kind=retriever.value, show_progress=False)
     with console.status("loading the model"):
-        llm = _backend(backend, model, base_url)
+        llm = _backend(backend, model, base_url, backend_options)
     pipeline = _pipeline(
         llm, prompt_style, RerankerKind.dynamic, searcher, top_n, answer_tokens,
         constrained=constrained, max_new_tokens=reranker_tokens,

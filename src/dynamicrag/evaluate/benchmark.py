@@ -74,6 +74,7 @@ class BenchmarkConfig(BaseModel):
     backend: str = "transformers"
     model: str | None = None
     base_url: str | None = None
+    backend_options: dict = Field(default_factory=dict, description="Passed to the backend (batch_size, ...)")
     prompt_style: str = "default"
     answer_max_tokens: int = Field(200, ge=1, description="Generator cap (paper: 200)")
     batch_size: int = Field(8, ge=1)
@@ -125,7 +126,8 @@ def run_benchmark(
     """
     from dynamicrag.evaluate.report import evaluate_records, plot_reports, to_markdown
 
-    backend = load_backend(config.backend, model=config.model, **({"base_url": config.base_url} if config.base_url else {}))
+    options = {**config.backend_options, **({"base_url": config.base_url} if config.base_url else {})}
+    backend = load_backend(config.backend, model=config.model, **options)
     style = load_style(config.prompt_style)
     generator = Generator(backend, style, max_new_tokens=config.answer_max_tokens)
     summary: dict[str, dict] = {}
