@@ -47,3 +47,18 @@ def test_vllm_backend_without_vllm_gives_install_hint():
 def test_llamacpp_backend_without_llama_cpp_gives_install_hint():
     with pytest.raises(ImportError, match=r"pip install dynamicrag\[llamacpp\]"):
         load_backend("llamacpp")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python is not installed (optional extra)")
+def test_llamacpp_backend_runs_the_bundled_gguf_like_transformers(smollm):
+    from dynamicrag.llm import SamplingParams
+    from dynamicrag.llm.constrain import is_complete
+
+    llama = load_backend("llamacpp")
+    chat = [{"role": "user", "content": "Copy exactly: [3], [3], [9], [1]"}]
+    greedy = SamplingParams(max_new_tokens=12)
+    # Same Q4_1 weights (transformers de-quantises them): the same greedy text.
+    assert llama.generate([chat], greedy)[0][0].text == smollm.generate([chat], greedy)[0][0].text
+    [[constrained]] = llama.generate([chat], SamplingParams(max_new_tokens=16, id_list_max=5))
+    assert is_complete(constrained.text, 5), constrained.text
