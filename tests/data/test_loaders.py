@@ -374,4 +374,6 @@ def test_a_qa_file_serves_as_the_corpus_of_its_own_passages(shared_data):
     # 2655 gold passages, of which some questions share the same one: each kept once
     assert 2500 < len(passages) < 2655
     assert len({(p.title, p.text) for p in passages}) == len(passages)
+    # "gold for the question it came with" means nothing for other questions: dropped
+    assert not any({"isgold", "hasanswer"} & set(p.extra) for p in passages)
     assert len(load_corpus(shared_data / "hotpotqa" / "hotpotqa_train.json")) == 994

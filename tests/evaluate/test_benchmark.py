@@ -57,6 +57,14 @@ def test_benchmark_runs_every_pair_and_writes_one_comparison(shared_data, tmp_pa
     nq_top2 = [json.loads(line) for line in (out / "runs" / "nq" / "top-2.jsonl").read_text().splitlines()]
     assert len(nq_top2) == 3 and all(r["selected"] == [1, 2] and len(r["passages"]) == 4 for r in nq_top2)
     assert all(r["reranker"] == "top-2" and r["benchmark"] == "nq" for r in nq_top2)
+    # retrieved passages are gold only when they are the question's own gold passage
+    from dynamicrag.data import load_examples
+
+    own = load_examples(shared_data / "nq" / "nq-open-oracle.jsonl.gz", limit=3)
+    for record, example in zip(nq_top2, own):
+        gold = (example.passages[0].title, example.passages[0].text)
+        assert [p["isgold"] for p in record["passages"]] == [(p["title"], p["text"]) == gold for p in record["passages"]]
+    assert any(p["isgold"] for r in nq_top2 for p in r["passages"])
     hp = comparison["runs"]["hotpotqa/pointwise-1"]["groups"]["all"]
     assert set(hp["answer"]) == {"match", "f1"}  # the config's metrics, not the task's
     assert hp["selection"]["mean_k"] == 1.0 and hp["rerank"]["precision"] >= 0.5  # 1 of 2 supporting found

@@ -44,14 +44,24 @@ CORPUS_FORMATS: dict[str, Callable[[Path], Iterator[Passage]]] = {
 }
 
 
+# Fields that judge a passage against the question it came with: meaningless once the passage
+# sits in a corpus that other questions retrieve from.
+QUESTION_LABELS = ("isgold", "hasanswer", "supporting")
+
+
 def _passages_of_examples(path: Path) -> Iterator[Passage]:
-    """The candidate passages of an examples file, each (title, text) once: its own corpus."""
+    """The candidate passages of an examples file, each (title, text) once: its own corpus.
+
+    Labels relative to the source question (:data:`QUESTION_LABELS`, the retrieval score) are
+    dropped: a passage retrieved for another question must not count as that one's gold.
+    """
     seen: set[tuple[str, str]] = set()
     for example in iter_examples(path):
         for passage in example.passages:
             if (passage.title, passage.text) not in seen:
                 seen.add((passage.title, passage.text))
-                yield passage
+                extra = {k: v for k, v in passage.extra.items() if k not in QUESTION_LABELS}
+                yield passage.model_copy(update={"extra": extra, "score": None})
 
 JSON_SUFFIXES = (".json", ".jsonl")
 

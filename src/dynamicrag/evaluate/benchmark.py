@@ -106,6 +106,11 @@ def _retriever(spec: BenchmarkSpec, data_dir: Path, out_dir: Path):
     return build_index(passages, index_dir, kind=spec.retriever, show_progress=False)
 
 
+def _gold_keys(examples) -> dict[str, set[tuple[str, str]]]:
+    """Each example's own gold passages (``isgold``), by (title, text), before retrieval."""
+    return {ex.id: {(p.title, p.text) for p in ex.passages if p.extra.get("isgold")} for ex in examples}
+
+
 def run_benchmark(
     config: BenchmarkConfig,
     data_dir: Path,
@@ -135,9 +140,11 @@ def run_benchmark(
     seconds: dict[str, float] = {}
     for bench in config.benchmarks:
         examples = load_examples(data_dir / bench.file, task=bench.task, limit=bench.limit)
-        retriever = None
+        retriever, gold = None, {}
         if bench.passages == "corpus":
             retriever = _retriever(bench, data_dir, out_dir)
+            # Retrieved passages are judged against the example's own gold passage, when it has one.
+            gold = _gold_keys(examples)
             examples = [ex.model_copy(update={"passages": []}) for ex in examples]
         for spec in config.rerankers:
             run = f"{bench.name}/{spec.name}"
@@ -149,6 +156,9 @@ def run_benchmark(
                 for i in range(writer.done, len(examples), config.batch_size):
                     for record in pipeline.run(examples[i : i + config.batch_size]):
                         record.update(benchmark=bench.name, reranker=spec.name, top_n=bench.top_n)
+                        if gold.get(record["id"]):
+                            for p in record["passages"]:
+                                p["isgold"] = (p["title"], p["text"]) in gold[record["id"]]
                         if bench.metrics:
                             record["metrics"] = bench.metrics  # score_record reads it
                         writer.write(record)
