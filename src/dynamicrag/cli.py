@@ -335,5 +335,145 @@ def benchmark(
     console.print(f"wall time {time.perf_counter() - start:.0f} s; plots: {', '.join(comparison['plots'])}")
 
 
+@app.command()
+def label(
+    input: Path = typer.Option(..., "--input", help="Training questions: any supported examples format"),
+    output: Path = typer.Option(..., "--output", help="Labelled examples JSONL (resumed if it exists)"),
+    index_dir: Optional[Path] = typer.Option(None, "--index", help="Index for examples without their own passages"),
+    scorer: str = typer.Option("embedding", "--scorer", help="Teacher: embedding | monot5:MODEL (the paper) | cross-encoder:MODEL | causal:[MODEL]"),
+    top_n: int = typer.Option(10, "--top-n", help="Passages labelled per example (the reranker's training candidates)"),
+    rule: str = typer.Option("teacher_and_answer", "--rule", help="teacher_and_answer | teacher (the paper) | answer | teacher_or_answer"),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Teacher score above which a passage is relevant (default by scorer: monot5 log 0.5, cross-encoder 0, embedding 0.45)"),
+    top_m: Optional[int] = typer.Option(None, "--top-m", help="Only the top M teacher scores can be relevant, 0: no cap (default: embedding 3, others 0)"),
+    task: Optional[str] = typer.Option(None, "--task", help="Task of every example (default: detected)"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N examples"),
+    batch_size: int = typer.Option(8, "--batch-size", help="Examples per write"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Label the passages of every example of INPUT as relevant or not (teacher + gold answer)."""
+    _setup_logging(verbose)
+    from dynamicrag.data import DataError, ResumableJsonlWriter, load_examples, read_jsonl
+    from dynamicrag.rerank.pointwise import make_scorer
+    from dynamicrag.retrieve import load_index
+    from dynamicrag.train.label import LabelConfig, label_examples
+
+    try:
+        config = LabelConfig(scorer=scorer, top_n=top_n, rule=rule, threshold=threshold, top_m=top_m)
+        examples = load_examples(input, task=task, limit=limit)
+    except (DataError, FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    retriever = load_index(index_dir) if index_dir else None
+    if retriever is None and any(not ex.passages for ex in examples):
+        console.print("[yellow]warning:[/yellow] some examples have no passages and no --index was given")
+    with console.status(f"loading the teacher {scorer}"):
+        teacher = make_scorer(scorer)
+
+    start = time.perf_counter()
+    with ResumableJsonlWriter(output) as writer:
+        todo = examples[writer.done :]
+        if writer.done:
+            console.print(f"resuming: {writer.done} of {len(examples)} records already in {output}")
+        with Progress(
+            TextColumn("label"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
+        ) as progress:
+            bar = progress.add_task("label", total=len(examples), completed=writer.done)
+            for i in range(0, len(todo), batch_size):
+                batch = todo[i : i + batch_size]
+                need = [j for j, ex in enumerate(batch) if not ex.passages]
+                if need and retriever is not None:
+                    hits = retriever.search([batch[j].question for j in need], top_n)
+                    for j, passages in zip(need, hits):
+                        batch[j] = batch[j].model_copy(update={"passages": passages})
+                for ex in label_examples(batch, teacher, config):
+                    writer.write(ex.model_dump(mode="json"))
+                progress.advance(bar, len(batch))
+    elapsed = time.perf_counter() - start
+
+    records = [r for _, r in read_jsonl(output)]
+    passages = [p["extra"] for r in records for p in r["passages"]]
+    n_rel = [sum(bool(p["extra"].get("relevant")) for p in r["passages"]) for r in records]
+    table = Table(title=f"label: {output} ({config.scorer}, {config.rule.value}, threshold {config.threshold:.3g}, top_m {config.top_m})")
+    for col in ("examples", "passages", "teacher yes", "has answer", "relevant", "none relevant", "mean relevant", "teacher alone", "s / question (this run)"):
+        table.add_column(col, justify="right")
+    table.add_row(
+        str(len(records)), str(len(passages)),
+        str(sum(bool(p.get("teacher_relevant")) for p in passages)),
+        str(sum(p.get("has_answer") is True for p in passages)),
+        str(sum(n_rel)), str(sum(n == 0 for n in n_rel)),
+        f"{sum(n_rel) / len(records):.2f}" if records else "-",
+        str(sum(r["extra"].get("label_rule") == "teacher" for r in records)),
+        f"{elapsed / len(todo):.2f}" if todo else "-",
+    )
+    console.print(table)
+
+
+@app.command("prepare")
+def prepare_cmd(
+    input: Path = typer.Option(..., "--input", help="Labelled examples JSONL (the output of `dynamicrag label`)"),
+    out_dir: Path = typer.Option(..., "--out", help="Output folder: sft.jsonl, dpo_pool.jsonl, llamafactory/, prepare_stats.json"),
+    prompt_style: str = StyleOpt,
+    max_k: int = typer.Option(5, "--max-k", help="Most ids in a reranker target"),
+    max_generator_passages: int = typer.Option(15, "--max-generator-passages", help="Most passages in a generator prompt (original: 15)"),
+    sft_fraction: float = typer.Option(0.7, "--sft-fraction", help="Share of examples for SFT; the rest is the DPO pool"),
+    seed: int = typer.Option(0, "--seed", help="Split seed (same seed, same files)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Split labelled examples into SFT and DPO pools; write SFT data for TRL and LLaMA-Factory."""
+    _setup_logging(verbose)
+    from dynamicrag.data import DataError
+    from dynamicrag.train import prepare, read_labelled
+
+    try:
+        examples = read_labelled(input)
+        stats = prepare(
+            examples, out_dir, style=prompt_style, max_k=max_k,
+            max_generator_passages=max_generator_passages, sft_fraction=sft_fraction, seed=seed,
+        )
+    except (DataError, FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    table = Table(title=f"prepare: {out_dir}")
+    for col in ("examples", "SFT", "DPO pool", "reranker records", "generator records", "None targets", "mean k", "k distribution"):
+        table.add_column(col, justify="right")
+    table.add_row(
+        str(stats["examples"]), str(stats["sft_examples"]), str(stats["dpo_examples"]),
+        str(stats["reranker_records"]), str(stats["generator_records"]), str(stats["none_targets"]),
+        f"{stats['mean_k']:.2f}", " ".join(f"{k}:{n}" for k, n in stats["k_distribution"].items()),
+    )
+    console.print(table)
+
+
+train_app = typer.Typer(help="Training stages: supervised fine-tuning (behaviour cloning + generator).", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+
+@train_app.command("sft")
+def train_sft_command(
+    config: Path = typer.Option(..., "--config", help="SFT config (.yaml or .toml), e.g. src/dynamicrag/train/configs/sft_smollm2_lora.yaml"),
+    train_file: Optional[Path] = typer.Option(None, "--train-file", help="Override the config's TRL JSONL"),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Override the config's run folder"),
+    model: Optional[str] = typer.Option(None, "--model", help="Override the base model (HF id, folder or .gguf)"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Override the step cap (-1: all epochs)"),
+    verbose: bool = typer.Option(True, "--verbose/--quiet", "-v", help="Log the trainer's loss and progress"),
+) -> None:
+    """Supervised fine-tuning (behaviour cloning + generator SFT); writes <output_dir>/merged."""
+    _setup_logging(verbose)
+    from dynamicrag.train.sft import load_sft_config, train_sft
+
+    overrides = {
+        "train_file": train_file and str(train_file), "output_dir": output_dir and str(output_dir),
+        "model": model, "max_steps": max_steps,
+    }
+    try:
+        run = load_sft_config(config, **overrides)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    start = time.perf_counter()
+    try:
+        merged = train_sft(run)
+    except (FileNotFoundError, ValueError, FloatingPointError) as err:
+        _fail(str(err))
+    console.print(f"merged model written to {merged} in {time.perf_counter() - start:.0f} s; use it with --model {merged}")
+
+
 if __name__ == "__main__":
     app()

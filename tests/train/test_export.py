@@ -10,7 +10,7 @@ from dynamicrag.schema import Example, Passage
 from dynamicrag.train import build_sft_records, prepare, read_labelled, write_llamafactory, write_trl_jsonl
 from dynamicrag.train.export import to_alpaca
 
-datasets = pytest.importorskip("datasets")
+import datasets  # the `train` extra
 
 
 def labelled(i: int) -> Example:

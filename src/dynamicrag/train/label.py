@@ -241,8 +241,12 @@ def read_labelled(path: str | Path) -> list[Example]:
         try:
             example = Example.model_validate(record)
         except ValidationError as err:
-            raise DataError(f"not a labelled example: {err.errors()[0]['loc']}: {err.errors()[0]['msg']}",
-                            path=path, line=line_no) from err
+            first = err.errors()[0]
+            raise DataError(
+                f"not a labelled example (expected the output of `dynamicrag label`): "
+                f"field {'.'.join(map(str, first['loc']))}: {first['msg']}",
+                path=path, line=line_no,
+            ) from err
         if any("relevant" not in p.extra for p in example.passages):
             raise DataError("passages carry no 'relevant' label; run `dynamicrag label` first",
                             path=path, line=line_no)
