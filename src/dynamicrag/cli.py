@@ -353,6 +353,7 @@ def label(
     """Label the passages of every example of INPUT as relevant or not (teacher + gold answer)."""
     _setup_logging(verbose)
     from dynamicrag.data import DataError, ResumableJsonlWriter, load_examples, read_jsonl
+    from dynamicrag.pipeline import with_passages
     from dynamicrag.rerank.pointwise import make_scorer
     from dynamicrag.retrieve import load_index
     from dynamicrag.train.label import LabelConfig, label_examples
@@ -378,12 +379,7 @@ def label(
         ) as progress:
             bar = progress.add_task("label", total=len(examples), completed=writer.done)
             for i in range(0, len(todo), batch_size):
-                batch = todo[i : i + batch_size]
-                need = [j for j, ex in enumerate(batch) if not ex.passages]
-                if need and retriever is not None:
-                    hits = retriever.search([batch[j].question for j in need], top_n)
-                    for j, passages in zip(need, hits):
-                        batch[j] = batch[j].model_copy(update={"passages": passages})
+                batch = with_passages(todo[i : i + batch_size], retriever, top_n)
                 for ex in label_examples(batch, teacher, config):
                     writer.write(ex.model_dump(mode="json"))
                 progress.advance(bar, len(batch))

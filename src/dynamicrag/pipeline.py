@@ -14,6 +14,17 @@ from dynamicrag.schema import Example, Selection, to_record
 logger = logging.getLogger(__name__)
 
 
+def with_passages(examples: Sequence[Example], retriever: Any, top_n: int) -> list[Example]:
+    """Copies of ``examples`` holding their top-N candidates: their own first ``top_n``
+    passages, or the retriever's top ``top_n`` for those that come without any."""
+    own = [ex.model_copy(update={"passages": ex.passages[:top_n]}) for ex in examples]
+    need = [i for i, ex in enumerate(own) if not ex.passages]
+    if need and retriever is not None:
+        for i, passages in zip(need, retriever.search([own[i].question for i in need], top_n)):
+            own[i].passages = passages
+    return own
+
+
 @dataclass
 class Pipeline:
     """The method end to end.
@@ -32,16 +43,6 @@ class Pipeline:
     retriever: Any = None
     top_n: int = 40
 
-    def with_passages(self, examples: Sequence[Example]) -> list[Example]:
-        """Copies of ``examples`` holding their top-N candidates."""
-        own = [ex.model_copy(update={"passages": ex.passages[: self.top_n]}) for ex in examples]
-        need = [i for i, ex in enumerate(own) if not ex.passages]
-        if need and self.retriever is not None:
-            hits = self.retriever.search([own[i].question for i in need], self.top_n)
-            for i, passages in zip(need, hits):
-                own[i].passages = passages
-        return own
-
     def run(self, examples: Sequence[Example]) -> list[dict[str, Any]]:
         """Answer a batch. A failing example becomes a record with its ``error``; never dropped.
 
@@ -49,7 +50,7 @@ class Pipeline:
         one by one so one bad example does not sink the others.
         """
         try:
-            return self._run_batch(self.with_passages(examples))
+            return self._run_batch(with_passages(examples, self.retriever, self.top_n))
         except Exception as err:  # noqa: BLE001 - isolate the failing example below
             if len(examples) == 1:
                 logger.warning("example %s failed: %s", examples[0].id, err)
