@@ -55,10 +55,18 @@ def test_llamacpp_backend_runs_the_bundled_gguf_like_transformers(smollm):
     from dynamicrag.llm import SamplingParams
     from dynamicrag.llm.constrain import is_complete
 
-    llama = load_backend("llamacpp")
+    import gc
+
+    from dynamicrag.llm.llamacpp_backend import LlamaCppBackend
+
+    # Built directly, not through load_backend's process-wide cache, so it is freed here: a
+    # llama.cpp model left for interpreter shutdown raises in its __del__.
+    llama = LlamaCppBackend()
     chat = [{"role": "user", "content": "Copy exactly: [3], [3], [9], [1]"}]
     greedy = SamplingParams(max_new_tokens=12)
     # Same Q4_1 weights (transformers de-quantises them): the same greedy text.
     assert llama.generate([chat], greedy)[0][0].text == smollm.generate([chat], greedy)[0][0].text
     [[constrained]] = llama.generate([chat], SamplingParams(max_new_tokens=16, id_list_max=5))
     assert is_complete(constrained.text, 5), constrained.text
+    del llama
+    gc.collect()
