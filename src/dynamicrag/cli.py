@@ -99,6 +99,31 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _run_resumable(stage: str, items: list, output: Path, batch_size: int, process) -> int:
+    """Run ``process(batch) -> records`` over the items not yet in ``output``, appending its
+    records with a progress bar; a killed run resumes after the records already written.
+
+    Returns:
+        How many items this run processed.
+    """
+    from dynamicrag.data import ResumableJsonlWriter
+
+    with ResumableJsonlWriter(output) as writer:
+        todo = items[writer.done :]
+        if writer.done:
+            console.print(f"resuming: {writer.done} of {len(items)} records already in {output}")
+        with Progress(
+            TextColumn(stage), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
+        ) as progress:
+            bar = progress.add_task(stage, total=len(items), completed=writer.done)
+            for i in range(0, len(todo), batch_size):
+                batch = todo[i : i + batch_size]
+                for record in process(batch):
+                    writer.write(record)
+                progress.advance(bar, len(batch))
+    return len(todo)
+
+
 @app.command()
 def index(
     corpus: list[Path] = typer.Argument(
@@ -153,7 +178,7 @@ def infer(
 ) -> None:
     """Answer every question of INPUT: one output record per input record, in order."""
     _setup_logging(verbose)
-    from dynamicrag.data import DataError, ResumableJsonlWriter, load_examples
+    from dynamicrag.data import DataError, load_examples
     from dynamicrag.retrieve import load_index
 
     try:
@@ -170,20 +195,8 @@ def infer(
     )
 
     start = time.perf_counter()
-    with ResumableJsonlWriter(output) as writer:
-        todo = examples[writer.done :]
-        if writer.done:
-            console.print(f"resuming: {writer.done} of {len(examples)} records already in {output}")
-        with Progress(
-            TextColumn("infer"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
-        ) as progress:
-            bar = progress.add_task("infer", total=len(examples), completed=writer.done)
-            for i in range(0, len(todo), batch_size):
-                for record in pipeline.run(todo[i : i + batch_size]):
-                    writer.write(record)
-                progress.advance(bar, min(batch_size, len(todo) - i))
-    elapsed = time.perf_counter() - start
-    _print_summary(output, len(todo), elapsed)
+    ran = _run_resumable("infer", examples, output, batch_size, pipeline.run)
+    _print_summary(output, ran, time.perf_counter() - start)
 
 
 def _print_summary(output: Path, ran: int, elapsed: float) -> None:
@@ -352,7 +365,7 @@ def label(
 ) -> None:
     """Label the passages of every example of INPUT as relevant or not (teacher + gold answer)."""
     _setup_logging(verbose)
-    from dynamicrag.data import DataError, ResumableJsonlWriter, load_examples, read_jsonl
+    from dynamicrag.data import DataError, load_examples, read_jsonl
     from dynamicrag.pipeline import with_passages
     from dynamicrag.rerank.pointwise import make_scorer
     from dynamicrag.retrieve import load_index
@@ -369,20 +382,12 @@ def label(
     with console.status(f"loading the teacher {scorer}"):
         teacher = make_scorer(scorer)
 
+    def label_batch(batch):
+        labelled = label_examples(with_passages(batch, retriever, top_n), teacher, config)
+        return [ex.model_dump(mode="json") for ex in labelled]
+
     start = time.perf_counter()
-    with ResumableJsonlWriter(output) as writer:
-        todo = examples[writer.done :]
-        if writer.done:
-            console.print(f"resuming: {writer.done} of {len(examples)} records already in {output}")
-        with Progress(
-            TextColumn("label"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
-        ) as progress:
-            bar = progress.add_task("label", total=len(examples), completed=writer.done)
-            for i in range(0, len(todo), batch_size):
-                batch = with_passages(todo[i : i + batch_size], retriever, top_n)
-                for ex in label_examples(batch, teacher, config):
-                    writer.write(ex.model_dump(mode="json"))
-                progress.advance(bar, len(batch))
+    ran = _run_resumable("label", examples, output, batch_size, label_batch)
     elapsed = time.perf_counter() - start
 
     records = [r for _, r in read_jsonl(output)]
@@ -398,7 +403,7 @@ def label(
         str(sum(n_rel)), str(sum(n == 0 for n in n_rel)),
         f"{sum(n_rel) / len(records):.2f}" if records else "-",
         str(sum(r["extra"].get("label_rule") == "teacher" for r in records)),
-        f"{elapsed / len(todo):.2f}" if todo else "-",
+        f"{elapsed / ran:.2f}" if ran else "-",
     )
     console.print(table)
 
