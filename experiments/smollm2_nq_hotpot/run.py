@@ -92,7 +92,23 @@ def seed_base_eval(bench_out: Path, eval_out: Path, data: Path) -> None:
             print(f"[eval base] {len(prefix)} of {len(wanted)} records of {bench.name}/{spec.name} from {source}")
 
 
-def row(name: str, run: dict) -> str:
+def mean_reward(records: Path, scorer) -> float:
+    """Mean training reward (default RewardConfig, no judge) of an evaluation's records.
+
+    The same function DPO optimised, applied to the held-apart answers: k is the number of
+    passages selected; a failed record (no answer) scores 0.
+    """
+    from dynamicrag.data.files import read_jsonl  # noqa: PLC0415 (only the report needs the package)
+    from dynamicrag.train.reward import reward_parts  # noqa: PLC0415
+
+    totals = [
+        reward_parts(r.get("answer"), r["answers"], len(r.get("selected") or []), semantic_scorer=scorer)["total"]
+        for _, r in read_jsonl(records)
+    ]
+    return sum(totals) / len(totals) if totals else float("nan")
+
+
+def row(name: str, run: dict, reward: float) -> str:
     """One line of the comparison table from a run's evaluation."""
     group = next(iter(run["groups"].values()))
     sel, rr = group["selection"], group["rerank"] or {}
@@ -100,7 +116,7 @@ def row(name: str, run: dict) -> str:
         name, str(group["n"]), f"{100 * (1 - sel['malformed']):.0f}",
         *(f"{rr[m]:.3f}" if m in rr else "-" for m in ("precision", "recall", "f1")),
         f"{sel['mean_k']:.2f}", f"{100 * sel['none']:.0f}", f"{group['answer'].get('match', float('nan')):.3f}",
-        str(group["failed"]),
+        f"{reward:.3f}", str(group["failed"]),
     ]
     return "| " + " | ".join(cells) + " |"
 
@@ -111,15 +127,19 @@ def report(stages: Stages, evals: dict[str, Path]) -> str:
     comparisons = {m: json.loads((p / "comparison.json").read_text()) for m, p in evals.items() if (p / "comparison.json").exists()}
     pairs_path = RUN / "pairs" / "pairs_stats.json"
     pairs = json.loads(pairs_path.read_text()) if pairs_path.exists() else None
-    header = ("| model, decoding | n | well-formed % | sel. precision | sel. recall | sel. F1 | mean k | None % | match | failed |\n"
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    header = ("| model, decoding | n | well-formed % | sel. precision | sel. recall | sel. F1 | mean k | None % | match | reward | failed |\n"
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    from dynamicrag.train.reward import make_semantic_scorer  # noqa: PLC0415
+
+    scorer = make_semantic_scorer("minilm")
     tables = []
     for bench in ("nq", "hotpotqa"):
         lines = [f"### {bench}", "", header]
         for decoding in ("dynamic", "dynamic-constrained"):
             for model, comparison in comparisons.items():
                 label = f"{model}, {'constrained' if decoding.endswith('constrained') else 'free'}"
-                lines.append(row(label, comparison["runs"][f"{bench}/{decoding}"]))
+                records = evals[model] / "runs" / bench / f"{decoding}.jsonl"
+                lines.append(row(label, comparison["runs"][f"{bench}/{decoding}"], mean_reward(records, scorer)))
         tables.append("\n".join(lines))
     dpo_data = (
         f"DPO pool: {pairs['examples']} questions gave {pairs['reranker_pairs']} reranker and "
@@ -140,9 +160,10 @@ reranker and {stats['generator_records']} generator records (mean target k {stat
 Held apart: NQ 0-49, HotpotQA 70-99; one model plays both roles. "free" decoding is plain greedy
 decoding; "constrained" forces the id grammar, so it is well-formed by construction. Failed
 records (unusable reranker output) count as wrong answers; selection precision/recall/F1 are
-against the gold passage (NQ, when retrieved) or the supporting paragraphs (HotpotQA).
+against the gold passage (NQ, when retrieved) or the supporting paragraphs (HotpotQA). "reward"
+is the mean of the DPO training reward (default weights, no judge) over the held-apart answers.
 
-{chr(10).join(tables)}
+{(chr(10) * 2).join(tables)}
 
 ### Wall time per stage (minutes, 2 cores shared with other jobs)
 
