@@ -7,6 +7,7 @@ import json
 import logging
 import time
 from enum import Enum
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Optional
@@ -38,6 +39,11 @@ class RerankerKind(str, Enum):
     listwise = "listwise"
 
 
+class ExecutorKind(str, Enum):  # dynamicrag.executors.EXECUTORS
+    local = "local"
+    ray = "ray"
+
+
 # Options shared by the commands that run models.
 BackendOpt = typer.Option("transformers", "--backend", help="transformers | openai | vllm | llamacpp")
 ModelOpt = typer.Option(None, "--model", help="HF id or path; default: the bundled SmolLM2-135M-Instruct")
@@ -58,6 +64,17 @@ AnswerTokensOpt = typer.Option(200, "--max-new-tokens", help="Cap on the generat
 ConstrainedOpt = typer.Option(
     False, "--constrained/--free", help="Constrain reranker decoding to the id grammar ([i], [j] or None)"
 )
+# Where the batches of infer, label, sample and reward run (dynamicrag.executors).
+ExecutorOpt = typer.Option(
+    ExecutorKind.local, "--executor", help="local: batches run in this process | ray: spread over Ray workers, one model copy each"
+)
+RayAddressOpt = typer.Option(
+    None, "--ray-address", help="Ray cluster to join (auto | HOST:6379 | ray://HOST:10001); default: $RAY_ADDRESS or `ray start` here, else a new local Ray"
+)
+WorkersOpt = typer.Option(1, "--workers", min=1, help="Ray workers (--executor ray); each loads its own model and index")
+WorkerGpusOpt = typer.Option(
+    0.0, "--worker-gpus", min=0.0, help="GPUs Ray reserves per worker (--executor ray), e.g. 1 to give each model a GPU"
+)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -68,10 +85,14 @@ def _setup_logging(verbose: bool) -> None:
         hf_logging.disable_progress_bar()  # our own progress display is enough
 
 
-def _backend(name: str, model: str | None, base_url: str | None, options: list[str] | None = None):
+def _backend_spec(name: str, model: str | None, base_url: str | None, options: list[str] | None = None) -> dict:
+    """``load_backend``'s arguments, checked here so that a bad option fails at once, before any
+    model loads, wherever the stage then runs (this process or Ray workers)."""
+    import inspect
+
     import yaml
 
-    from dynamicrag.llm import load_backend
+    from dynamicrag.llm import backend_class
 
     kwargs: dict = {"base_url": base_url} if base_url else {}
     for option in options or []:
@@ -80,9 +101,25 @@ def _backend(name: str, model: str | None, base_url: str | None, options: list[s
             _fail(f"--backend-option takes KEY=VALUE, got {option!r}")
         kwargs[key.strip()] = yaml.safe_load(value)  # 16 -> int, true -> bool, text stays text
     try:
-        return load_backend(name, model=model, **kwargs)
+        inspect.signature(backend_class(name)).bind_partial(**kwargs)
     except (TypeError, ValueError) as err:
         _fail(f"backend {name!r}: {err}")
+    if model and Path(model).exists():
+        model = str(Path(model).resolve())  # a Ray worker may not share this working directory
+    return {"name": name, "model": model, **kwargs}
+
+
+def _index_path(index_dir: Path | None) -> str | None:
+    """The index folder, checked here and made absolute; the stage loads it where it runs."""
+    if index_dir is None:
+        return None
+    from dynamicrag.retrieve.storage import read_meta
+
+    try:
+        read_meta(index_dir.resolve())
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    return str(index_dir.resolve())
 
 
 def _pipeline(
@@ -105,16 +142,27 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _run_resumable(stage: str, items: list, output: Path, batch_size: int, process) -> int:
-    """Run ``process(batch) -> records`` over the items not yet in ``output``, appending its
-    records with a progress bar; a killed run resumes after the records already written.
+def _executor(kind: ExecutorKind, address: str | None, workers: int, worker_gpus: float):
+    from dynamicrag.executors import make_executor
+
+    if kind is ExecutorKind.local:
+        if address is not None or workers != 1 or worker_gpus:
+            _fail("--ray-address, --workers and --worker-gpus need --executor ray")
+        return make_executor("local")
+    return make_executor("ray", address=address, num_workers=workers, num_gpus_per_worker=worker_gpus)
+
+
+def _run_resumable(stage: str, items: list, output: Path, batch_size: int, fn_factory, executor) -> int:
+    """Run the stage's batch function (``fn_factory()``, built where the batches run) over the
+    items not yet in ``output`` on ``executor``, appending the records in input order with a
+    progress bar; a killed run, local or on Ray, resumes after the records already written.
 
     Returns:
         How many items this run processed.
     """
     from dynamicrag.data import ResumableJsonlWriter
 
-    with ResumableJsonlWriter(output) as writer:
+    with executor, ResumableJsonlWriter(output) as writer:
         todo = items[writer.done :]
         if writer.done:
             console.print(f"resuming: {writer.done} of {len(items)} records already in {output}")
@@ -122,12 +170,61 @@ def _run_resumable(stage: str, items: list, output: Path, batch_size: int, proce
             TextColumn(stage), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
         ) as progress:
             bar = progress.add_task(stage, total=len(items), completed=writer.done)
-            for i in range(0, len(todo), batch_size):
-                batch = todo[i : i + batch_size]
-                for record in process(batch):
+            for records in executor.map_batches(fn_factory, todo, batch_size):
+                for record in records:
                     writer.write(record)
-                progress.advance(bar, len(batch))
+                progress.advance(bar, len(records))
     return len(todo)
+
+
+# The stages' batch functions are built by these factories where the batches run: in this
+# process (--executor local) or once on each Ray worker. They are pickled to the workers, so
+# they take only small arguments (names, paths, configs) and load models and indexes when
+# called; load_backend and load_index keep one copy per process.
+
+
+def _infer_fn(backend: dict, index_dir: str | None, retrieve: bool, **pipeline_options):
+    from dynamicrag.llm import load_backend
+    from dynamicrag.retrieve import load_index
+
+    retriever = load_index(index_dir) if index_dir else None
+    return _pipeline(load_backend(**backend), retriever=retriever, retrieve=retrieve, **pipeline_options).run
+
+
+def _label_fn(config, index_dir: str | None, retrieve: bool):
+    from dynamicrag.pipeline import with_passages
+    from dynamicrag.rerank.pointwise import make_scorer
+    from dynamicrag.retrieve import load_index
+    from dynamicrag.train.label import label_examples
+
+    teacher = make_scorer(config.scorer)
+    retriever = load_index(index_dir) if index_dir else None
+
+    def label_batch(batch):
+        labelled = label_examples(with_passages(batch, retriever, config.top_n, retrieve), teacher, config)
+        return [ex.model_dump(mode="json") for ex in labelled]
+
+    return label_batch
+
+
+def _sample_fn(backend: dict, index_dir: str | None, prompt_style: str, config):
+    from dynamicrag.llm import load_backend
+    from dynamicrag.pipeline import with_passages
+    from dynamicrag.retrieve import load_index
+    from dynamicrag.train.sample import sample_trajectories
+
+    llm = load_backend(**backend)
+    retriever = load_index(index_dir) if index_dir else None
+    return lambda batch: sample_trajectories(with_passages(batch, retriever, config.top_n), llm, prompt_style, config)
+
+
+def _reward_fn(config, judge: dict | None):
+    from dynamicrag.llm import load_backend
+    from dynamicrag.train.reward import make_semantic_scorer, score_samples
+
+    judge_llm = load_backend(**judge) if judge else None
+    scorer = make_semantic_scorer(config.semantic, config.semantic_batch_size)
+    return lambda batch: score_samples(batch, config, judge_llm, semantic_scorer=scorer)
 
 
 @app.command()
@@ -182,12 +279,15 @@ def infer(
     constrained: bool = ConstrainedOpt,
     reranker_tokens: Optional[int] = RerankTokensOpt,
     answer_tokens: int = AnswerTokensOpt,
+    executor: ExecutorKind = ExecutorOpt,
+    ray_address: Optional[str] = RayAddressOpt,
+    workers: int = WorkersOpt,
+    worker_gpus: float = WorkerGpusOpt,
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Answer every question of INPUT: one output record per input record, in order."""
     _setup_logging(verbose)
     from dynamicrag.data import DataError, load_examples
-    from dynamicrag.retrieve import load_index
 
     try:
         examples = load_examples(input, task=task, limit=limit, skip=skip)
@@ -195,17 +295,18 @@ def infer(
         _fail(str(err))
     if retrieve and index_dir is None:
         _fail("--retrieve needs --index")
-    retriever = load_index(index_dir) if index_dir else None
-    if retriever is None and any(not ex.passages for ex in examples) and reranker is not RerankerKind.none:
+    if index_dir is None and any(not ex.passages for ex in examples) and reranker is not RerankerKind.none:
         console.print("[yellow]warning:[/yellow] some examples have no passages and no --index was given")
-    llm = _backend(backend, model, base_url, backend_options)  # the generator needs it whatever the reranker
-    pipeline = _pipeline(
-        llm, prompt_style, reranker, retriever, top_n, answer_tokens, retrieve,
+    infer_fn = partial(
+        _infer_fn, _backend_spec(backend, model, base_url, backend_options), _index_path(index_dir), retrieve,
+        style=prompt_style, reranker=reranker, top_n=top_n, answer_tokens=answer_tokens,
         k=k, window=window, stride=stride, constrained=constrained, scorer=scorer, max_new_tokens=reranker_tokens,
     )
 
     start = time.perf_counter()
-    ran = _run_resumable("infer", examples, output, batch_size, pipeline.run)
+    ran = _run_resumable(
+        "infer", examples, output, batch_size, infer_fn, _executor(executor, ray_address, workers, worker_gpus)
+    )
     _print_summary(output, ran, time.perf_counter() - start)
 
 
@@ -265,6 +366,7 @@ def ask(
     """Answer QUESTION from a corpus (index built once and cached), showing the chosen passages and k."""
     _setup_logging(verbose)
     from dynamicrag.data import DataError, load_corpus
+    from dynamicrag.llm import load_backend
     from dynamicrag.llm.models import cache_dir
     from dynamicrag.retrieve import build_index, load_index
     from dynamicrag.schema import Example
@@ -282,8 +384,12 @@ def ask(
             _fail(str(err))
         with console.status(f"indexing {len(passages)} passages of {corpus} (once)"):
             searcher = build_index(passages, index_dir, kind=retriever.value, show_progress=False)
+    spec = _backend_spec(backend, model, base_url, backend_options)
     with console.status("loading the model"):
-        llm = _backend(backend, model, base_url, backend_options)
+        try:
+            llm = load_backend(**spec)
+        except (TypeError, ValueError) as err:
+            _fail(f"backend {backend!r}: {err}")
     pipeline = _pipeline(
         llm, prompt_style, RerankerKind.dynamic, searcher, top_n, answer_tokens,
         constrained=constrained, max_new_tokens=reranker_tokens,
@@ -375,16 +481,17 @@ def label(
     limit: Optional[int] = LimitOpt,
     skip: int = SkipOpt,
     retrieve: bool = RetrieveOpt,
-    batch_size: int = typer.Option(8, "--batch-size", help="Examples per write"),
+    batch_size: int = typer.Option(8, "--batch-size", help="Examples per teacher batch and write"),
+    executor: ExecutorKind = ExecutorOpt,
+    ray_address: Optional[str] = RayAddressOpt,
+    workers: int = WorkersOpt,
+    worker_gpus: float = WorkerGpusOpt,
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Label the passages of every example of INPUT as relevant or not (teacher + gold answer)."""
     _setup_logging(verbose)
     from dynamicrag.data import DataError, load_examples, read_jsonl
-    from dynamicrag.pipeline import with_passages
-    from dynamicrag.rerank.pointwise import make_scorer
-    from dynamicrag.retrieve import load_index
-    from dynamicrag.train.label import LabelConfig, label_examples
+    from dynamicrag.train.label import LabelConfig
 
     try:
         config = LabelConfig(scorer=scorer, top_n=top_n, rule=rule, threshold=threshold, top_m=top_m)
@@ -393,18 +500,14 @@ def label(
         _fail(str(err))
     if retrieve and index_dir is None:
         _fail("--retrieve needs --index")
-    retriever = load_index(index_dir) if index_dir else None
-    if retriever is None and any(not ex.passages for ex in examples):
+    if index_dir is None and any(not ex.passages for ex in examples):
         console.print("[yellow]warning:[/yellow] some examples have no passages and no --index was given")
-    with console.status(f"loading the teacher {scorer}"):
-        teacher = make_scorer(scorer)
-
-    def label_batch(batch):
-        labelled = label_examples(with_passages(batch, retriever, top_n, retrieve), teacher, config)
-        return [ex.model_dump(mode="json") for ex in labelled]
+    label_fn = partial(_label_fn, config, _index_path(index_dir), retrieve)
 
     start = time.perf_counter()
-    ran = _run_resumable("label", examples, output, batch_size, label_batch)
+    ran = _run_resumable(
+        "label", examples, output, batch_size, label_fn, _executor(executor, ray_address, workers, worker_gpus)
+    )
     elapsed = time.perf_counter() - start
 
     records = [r for _, r in read_jsonl(output)]
@@ -480,14 +583,16 @@ def sample(
     constrained: bool = typer.Option(False, "--constrained/--free", help="Constrain the sampled id lists to the grammar (original: free)"),
     reranker_tokens: int = typer.Option(100, "--reranker-max-tokens", help="Cap on each id list (original: 100)"),
     answer_tokens: int = AnswerTokensOpt,
+    executor: ExecutorKind = ExecutorOpt,
+    ray_address: Optional[str] = RayAddressOpt,
+    workers: int = WorkersOpt,
+    worker_gpus: float = WorkerGpusOpt,
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Sample n id lists per question from the reranker and answer each greedily (DPO data)."""
     _setup_logging(verbose)
     from dynamicrag.data import DataError, load_examples, read_jsonl
-    from dynamicrag.pipeline import with_passages
-    from dynamicrag.retrieve import load_index
-    from dynamicrag.train.sample import SampleConfig, sample_trajectories
+    from dynamicrag.train.sample import SampleConfig
 
     try:
         config = SampleConfig(
@@ -497,14 +602,14 @@ def sample(
         examples = load_examples(input, limit=limit, skip=skip)
     except (DataError, FileNotFoundError, ValueError) as err:
         _fail(str(err))
-    retriever = load_index(index_dir) if index_dir else None
-    llm = _backend(backend, model, base_url, backend_options)
-
-    def sample_batch(batch):
-        return sample_trajectories(with_passages(batch, retriever, top_n), llm, prompt_style, config)
+    sample_fn = partial(
+        _sample_fn, _backend_spec(backend, model, base_url, backend_options), _index_path(index_dir), prompt_style, config
+    )
 
     start = time.perf_counter()
-    ran = _run_resumable("sample", examples, output, batch_size, sample_batch)
+    ran = _run_resumable(
+        "sample", examples, output, batch_size, sample_fn, _executor(executor, ray_address, workers, worker_gpus)
+    )
     elapsed = time.perf_counter() - start
     records = [r for _, r in read_jsonl(output)]
     samples = [s for r in records for s in r["samples"]]
@@ -532,13 +637,17 @@ def reward(
     judge_backend: Optional[str] = typer.Option(None, "--judge-backend", help="LLM judge backend (transformers | openai | vllm | llamacpp); none: no judge part"),
     judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Judge model (HF id, path, or the server's model name)"),
     judge_base_url: Optional[str] = typer.Option(None, "--judge-base-url", help="OpenAI-compatible judge server"),
-    batch_size: int = typer.Option(32, "--batch-size", help="Records per write"),
+    batch_size: int = typer.Option(32, "--batch-size", help="Records per scoring batch and write"),
+    executor: ExecutorKind = ExecutorOpt,
+    ray_address: Optional[str] = RayAddressOpt,
+    workers: int = WorkersOpt,
+    worker_gpus: float = WorkerGpusOpt,
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Score every sampled answer: exact match, semantic similarity, ROUGE-L, length of k, optional judge."""
     _setup_logging(verbose)
     from dynamicrag.data import DataError, read_jsonl
-    from dynamicrag.train.reward import RewardConfig, make_semantic_scorer, score_samples
+    from dynamicrag.train.reward import RewardConfig
     from dynamicrag.train.sft import read_run_config
 
     try:
@@ -549,17 +658,14 @@ def reward(
         records = [r for _, r in read_jsonl(input)]
     except (DataError, FileNotFoundError, ValueError) as err:
         _fail(str(err))
-    judge = _backend(judge_backend, judge_model, judge_base_url) if judge_backend else None
-    with console.status(f"loading the semantic scorer {cfg.semantic}"):
-        scorer = make_semantic_scorer(cfg.semantic, cfg.semantic_batch_size)
-
-    def score_batch(batch):
-        try:
-            return score_samples(batch, cfg, judge, semantic_scorer=scorer)
-        except ValueError as err:
-            _fail(f"{input}: {err}")
-
-    ran = _run_resumable("reward", records, output, batch_size, score_batch)
+    judge = _backend_spec(judge_backend, judge_model, judge_base_url) if judge_backend else None
+    try:
+        ran = _run_resumable(
+            "reward", records, output, batch_size, partial(_reward_fn, cfg, judge),
+            _executor(executor, ray_address, workers, worker_gpus),
+        )
+    except ValueError as err:  # a record without what the reward needs; from a Ray worker, .cause
+        _fail(f"{input}: {getattr(err, 'cause', err)}")
     scored = [r for _, r in read_jsonl(output)]
     rewards = [s["reward"] for r in scored for s in r["samples"] if s.get("reward")]
     table = Table(title=f"reward: {output} ({ran} records scored in this run)")

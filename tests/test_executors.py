@@ -1,0 +1,86 @@
+"""Executors: batches in input order, one model build per worker, errors where they happened.
+
+The CLI's Ray runs, compared with local ones record for record, are in tests/test_cli_ray.py.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from dynamicrag.executors import InProcessExecutor, RayExecutor, batched, make_executor
+
+TESTS = str(Path(__file__).resolve().parent)
+
+
+def counting_factory(calls: list[int]):
+    def factory():
+        calls.append(1)
+        return lambda batch: [x * 10 for x in batch]
+
+    return factory
+
+
+def test_in_process_yields_batches_in_order_and_builds_once():
+    calls: list[int] = []
+    out = list(InProcessExecutor().map_batches(counting_factory(calls), range(7), 3))
+    assert out == [[0, 10, 20], [30, 40, 50], [60]]
+    assert len(calls) == 1
+    assert list(InProcessExecutor().map_batches(counting_factory(calls), [], 3)) == []
+    assert len(calls) == 1  # an empty input (a finished run, resumed) loads no model
+
+
+def test_batched_and_registry_errors():
+    assert list(batched("abcde", 2)) == [["a", "b"], ["c", "d"], ["e"]]
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        list(batched([1], 0))
+    assert isinstance(make_executor("local"), InProcessExecutor)
+    ray_executor = make_executor("ray", address=None, num_workers=3)
+    assert isinstance(ray_executor, RayExecutor) and ray_executor.num_workers == 3
+    with pytest.raises(ValueError, match=r"unknown executor 'spark'; choose from \['local', 'ray'\]"):
+        make_executor("spark")
+    with pytest.raises(TypeError, match="executor 'local'"):
+        make_executor("local", num_workers=2)
+    with pytest.raises(ValueError, match="num_workers must be a positive integer, got 0"):
+        RayExecutor(num_workers=0)
+
+
+# Factories the Ray workers unpickle by reference: they import this module, found through
+# the PYTHONPATH given in the executor's runtime_env.
+def slow_first_factory():
+    def run(batch):
+        if "bad" in batch:
+            raise ValueError(f"cannot process {batch}")
+        time.sleep(1.0 if batch[0] == 0 else 0.01)  # the first batch finishes last
+        return [(x, os.getpid()) for x in batch]
+
+    return run
+
+
+def broken_factory():
+    raise FileNotFoundError("no model at /nowhere")
+
+
+@pytest.mark.slow
+def test_ray_keeps_input_order_across_workers_and_raises_where_it_failed():
+    ray = pytest.importorskip("ray")
+    assert not ray.is_initialized()
+    with RayExecutor(num_workers=2, runtime_env={"env_vars": {"PYTHONPATH": TESTS}}) as executor:
+        out = []
+        with pytest.raises(ValueError, match="cannot process"):  # the worker's own exception class
+            for batch in executor.map_batches(slow_first_factory, [0, 1, 2, 3, 4, 5, "bad", 7], 1):
+                out.append(batch)
+        assert ray.is_initialized()  # started here, for this executor
+        # Everything before the failure, in input order, though batch 0 finished last.
+        assert [[x for x, _ in batch] for batch in out] == [[i] for i in range(6)]
+        pids = {pid for batch in out for _, pid in batch}
+        assert len(pids) == 2 and os.getpid() not in pids  # both workers took batches
+
+        # A factory that fails on the workers fails the first batch, as it does in-process.
+        for ex in (InProcessExecutor(), executor):
+            with pytest.raises(FileNotFoundError, match="no model at /nowhere"):
+                next(ex.map_batches(broken_factory, ["a"], 1))
+    assert not ray.is_initialized()  # the executor that started Ray shut it down
