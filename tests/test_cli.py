@@ -56,6 +56,20 @@ def test_infer_writes_one_well_formed_record_per_question_and_resumes(shared_dat
         assert isinstance(record["reranker_output"], str)
 
 
+def test_resuming_onto_another_inputs_records_is_refused_and_keeps_them(shared_data, tmp_path):
+    questions = shared_data / "nq" / "flashrag_nq_test.jsonl"
+    ids = [json.loads(line)["id"] for line in questions.read_text().splitlines()[:2]]
+    out = tmp_path / "results.jsonl"
+    out.write_text("".join(json.dumps({"id": i, "answer": "kept"}) + "\n" for i in ids))
+    before = out.read_bytes()
+    # --skip 1 shifts the input by one: the file's first record is not this run's first question.
+    result = runner.invoke(app, ["infer", "--input", str(questions), "--output", str(out), "--skip", "1", "--limit", "3"])
+    assert result.exit_code == 2
+    message = " ".join(result.output.split())
+    assert f"line 1: record id '{ids[0]}', but input record 1 of this run is '{ids[1]}'" in message
+    assert out.read_bytes() == before
+
+
 @pytest.mark.slow
 def test_infer_uses_the_examples_own_passages(shared_data, tmp_path, smollm):
     src = tmp_path / "nq-oracle-3.jsonl"

@@ -163,6 +163,7 @@ def _run_resumable(stage: str, items: list, output: Path, batch_size: int, fn_fa
     from dynamicrag.data import ResumableJsonlWriter
 
     with executor, ResumableJsonlWriter(output) as writer:
+        _check_resumed_ids(items, writer, output)
         todo = items[writer.done :]
         if writer.done:
             console.print(f"resuming: {writer.done} of {len(items)} records already in {output}")
@@ -175,6 +176,16 @@ def _run_resumable(stage: str, items: list, output: Path, batch_size: int, fn_fa
                     writer.write(record)
                 progress.advance(bar, len(records))
     return len(todo)
+
+
+def _check_resumed_ids(items: list, writer, output: Path) -> None:
+    """Resuming is by position: the records already written must be those of the first items,
+    or the new records would be appended to another input's (a changed file, another --skip)."""
+    for line, (written, item) in enumerate(zip(writer.ids, items), 1):
+        want = item.get("id") if isinstance(item, dict) else getattr(item, "id", None)
+        if written is not None and want is not None and written != str(want):
+            _fail(f"{output}, line {line}: record id {written!r}, but input record {line} of this run is {want!r}: "
+                  "the output was written from other input (or another --skip); choose another --output")
 
 
 # The stages' batch functions are built by these factories where the batches run: in this

@@ -72,6 +72,22 @@ def _check(path: Path, registry: dict[str, Any], name: str, what: str) -> str:
     return name
 
 
+def _empty(path: Path, what: str = "records: the file is empty") -> DataError:
+    # An input with nothing in it is a wrong path or a failed download far more often than
+    # intended: say so rather than run a stage over zero examples or index zero passages.
+    return DataError(f"no {what}", path=path)
+
+
+def _non_empty(items: Iterator[Any], path: Path, what: str) -> Iterator[Any]:
+    """``items`` unchanged, or a DataError at the end when there were none."""
+    empty = True
+    for item in items:
+        empty = False
+        yield item
+    if empty:
+        raise _empty(path, what)
+
+
 def _first(path: Path, what: str) -> dict[str, Any] | None:
     if base_suffix(path) not in JSON_SUFFIXES:
         raise DataError(
@@ -157,15 +173,15 @@ def iter_examples(
         An iterator of :class:`~dynamicrag.schema.Example`, in file order.
 
     Raises:
-        DataError: On an unknown format or an invalid record (naming file, line and field).
+        DataError: On an unknown format, an invalid record (naming file, line and field), a
+            repeated example id (naming both lines), or a file without records.
     """
     path = Path(path)
     name = _check(path, EXAMPLE_FORMATS, format, "examples") if format else detect_example_format(path)
     if name is None:
-        logger.warning("%s: no records", path)
-        return iter(())
+        raise _empty(path)
     logger.debug("%s: examples format %s", path, name)
-    examples = EXAMPLE_FORMATS[name](path, guess_task(path) or "qa")
+    examples = _non_empty(EXAMPLE_FORMATS[name](path, guess_task(path) or "qa"), path, "records: the file is empty")
     if task:
         examples = (ex.model_copy(update={"task": task}) for ex in examples)
     if skip < 0:
@@ -194,14 +210,17 @@ def iter_corpus(path: str | Path, *, format: str | None = None) -> Iterator[Pass
 
     Returns:
         An iterator of :class:`~dynamicrag.schema.Passage`, in file order.
+
+    Raises:
+        DataError: On an unknown format, an invalid record (naming file, line and field), or a
+            corpus without passages.
     """
     path = Path(path)
     name = _check(path, CORPUS_FORMATS, format, "corpus") if format else detect_corpus_format(path)
     if name is None:
-        logger.warning("%s: no records", path)
-        return iter(())
+        raise _empty(path)
     logger.debug("%s: corpus format %s", path, name)
-    return CORPUS_FORMATS[name](path)
+    return _non_empty(CORPUS_FORMATS[name](path), path, "passages in this corpus")
 
 
 def load_corpus(path: str | Path, *, format: str | None = None) -> list[Passage]:

@@ -15,7 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from dynamicrag.data.errors import Loc
-from dynamicrag.data.fields import answer_list, build, example_id, passage, record_task, required_str, type_error
+from dynamicrag.data.fields import (
+    answer_list,
+    build,
+    example_id,
+    passage,
+    record_task,
+    required_str,
+    type_error,
+    unique_examples,
+    unique_passage_ids,
+)
 from dynamicrag.data.files import iter_records
 from dynamicrag.schema import Example
 
@@ -68,11 +78,14 @@ def to_example(record: dict[str, Any], loc: Loc, task: str = "qa") -> Example:
     else:
         answers = []
     key = next((k for k in ("ctxs", "docs", "passages") if k in record), "ctxs")
-    ctxs = record.get(key) or []
-    if not isinstance(ctxs, list):
+    ctxs = record.get(key)
+    if ctxs is None:
+        ctxs = []
+    elif not isinstance(ctxs, list):  # "" and {} too: a wrong type, not "no passages"
         raise type_error(loc, key, "a list of passages", ctxs)
     used.add(key)
     passages = [passage(c, loc, f"{key}[{i}]", f"{ex_id}:{i + 1}") for i, c in enumerate(ctxs)]
+    unique_passage_ids(passages, loc, key)
     return build(
         Example,
         loc,
@@ -95,5 +108,6 @@ def _extra(record: dict[str, Any], used: set[str]) -> dict[str, Any]:
 
 def iter_examples(path: str | Path, task: str = "qa") -> Iterator[Example]:
     """Examples of a DynamicRAG / Self-RAG / ASQA / NQ-open file, in file order."""
-    for loc, record in iter_records(path):
-        yield to_example(record, loc, task)
+    yield from unique_examples(
+        iter_records(path), lambda record, loc: to_example(record, loc, task), ("id", "_id", "sample_id")
+    )

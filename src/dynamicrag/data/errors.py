@@ -53,5 +53,10 @@ class Loc:
         """The line (JSONL) or record index (JSON array) used in default ids."""
         return self.line if self.line is not None else (self.record or 0)
 
+    @property
+    def where(self) -> str:
+        """``"line 3"`` or ``"record 3"``, for messages that point at a second place."""
+        return f"line {self.line}" if self.line is not None else f"record {self.record or 0}"
+
     def error(self, field: str | None, message: str) -> DataError:
         return DataError(message, path=self.path, line=self.line, record=self.record, field=field)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from dynamicrag.data.errors import Loc
-from dynamicrag.data.fields import build, example_id, record_task, required_str, type_error
+from dynamicrag.data.fields import build, example_id, record_task, required_str, type_error, unique_examples
 from dynamicrag.data.files import iter_records
 from dynamicrag.schema import Example
 
@@ -35,5 +35,4 @@ def to_example(record: dict[str, Any], loc: Loc, task: str = "qa") -> Example:
 
 
 def iter_examples(path: str | Path, task: str = "qa") -> Iterator[Example]:
-    for loc, record in iter_records(path):
-        yield to_example(record, loc, task)
+    yield from unique_examples(iter_records(path), lambda record, loc: to_example(record, loc, task))

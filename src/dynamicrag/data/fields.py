@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from dynamicrag.data.errors import Loc
 from dynamicrag.data.files import file_stem
-from dynamicrag.schema import KNOWN_TASKS, Passage
+from dynamicrag.schema import KNOWN_TASKS, Example, Passage
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -73,8 +74,44 @@ def example_id(record: dict[str, Any], loc: Loc, keys: tuple[str, ...] = ("id", 
             continue
         if isinstance(value, bool) or not isinstance(value, (str, int)):
             raise type_error(loc, key, "a string or an integer", value)
+        if not str(value).strip():
+            raise loc.error(key, "empty id")
         return str(value), key
     return f"{file_stem(loc.path)}-{loc.n}", None
+
+
+def unique_passage_ids(passages: list[Passage], loc: Loc, key: str) -> list[Passage]:
+    """``passages`` unchanged, or a DataError naming both places of a repeated passage id.
+
+    Outputs, metrics and training pairs name passages by id, so two passages of one example
+    sharing an id would be confused there.
+    """
+    first: dict[str, int] = {}
+    for i, p in enumerate(passages):
+        j = first.setdefault(p.id, i)
+        if j != i:
+            raise loc.error(f"{key}[{i}].id", f"duplicate passage id {p.id!r} (also {key}[{j}])")
+    return passages
+
+
+def unique_examples(
+    items: Iterable[tuple[Loc, dict[str, Any]]],
+    to_example: Callable[[dict[str, Any], Loc], Example],
+    id_keys: tuple[str, ...] = ("id", "_id"),
+) -> Iterator[Example]:
+    """Examples of ``(location, record)`` pairs; a repeated example id is a DataError naming both places.
+
+    Outputs are joined to their inputs by example id (evaluation, training pairs), so a file
+    must not use one id twice. Only the ids are kept, so files of any size stream.
+    """
+    seen: dict[str, Loc] = {}
+    for loc, record in items:
+        example = to_example(record, loc)
+        first = seen.setdefault(example.id, loc)
+        if first is not loc:
+            key = next((k for k in id_keys if record.get(k) is not None), None)
+            raise loc.error(key, f"duplicate example id {example.id!r} (first at {first.where})")
+        yield example
 
 
 def record_task(record: dict[str, Any]) -> str | None:
@@ -103,7 +140,7 @@ def _score(value: Any) -> float | None:
         return None
     try:
         score = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer past 1e308
         return None
     return score if math.isfinite(score) else None
 
@@ -130,18 +167,21 @@ def passage(ctx: Any, loc: Loc, field: str, default_id: str, extra: dict[str, An
         pid = default_id
     elif isinstance(pid, bool) or not isinstance(pid, (str, int)):
         raise type_error(loc, f"{at}id", "a string or an integer", pid)
+    elif not str(pid).strip():
+        raise loc.error(f"{at}id", "empty id")
     score = _score(ctx.get("score"))
     # An unreadable score stays in extra as it was; a null one is simply no score.
     consumed = ("id", "title", "text", "score") if score is not None or ctx.get("score", 0) is None else ("id", "title", "text")
     rest = {k: v for k, v in ctx.items() if k not in consumed}
     if isinstance(rest.get("extra"), dict):  # this package's own Passage dump: its extra, flat again
         rest = {**rest.pop("extra"), **rest}
+    title = ctx.get("title")
     return build(
         Passage,
         loc,
         field,
         id=str(pid),
-        title=ctx.get("title") or "",
+        title="" if title is None else title,  # a wrong type (0, [], false) is an error, not ""
         text=ctx["text"],
         score=score,
         extra={**rest, **(extra or {})},

@@ -12,6 +12,7 @@ import gzip
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 import zlib
@@ -47,6 +48,16 @@ def open_text(path: str | Path, newline: str | None = None) -> IO[str]:
     return open(path, encoding="utf-8-sig", newline=newline)
 
 
+_GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
+
+
+def _short(err: BaseException) -> str:
+    """The gist of a ValueError/RecursionError from ``json.loads`` (Python's messages run long)."""
+    if isinstance(err, RecursionError):
+        return "nested too deeply"
+    return str(err).split(";")[0]  # "Exceeds the limit (4300 digits) for integer string conversion: ..."
+
+
 @contextlib.contextmanager
 def reading(path: str | Path) -> Iterator[None]:
     """Turn decoding failures met while reading ``path`` into a :class:`DataError` naming it."""
@@ -54,7 +65,7 @@ def reading(path: str | Path) -> Iterator[None]:
         yield
     except UnicodeDecodeError as err:
         raise DataError(f"not UTF-8 text ({err.reason} at byte {err.start})", path=path) from err
-    except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+    except _GZIP_ERRORS as err:
         raise DataError(f"corrupt or truncated gzip file ({err})", path=path) from err
 
 
@@ -62,12 +73,21 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line number, record)`` for each non-blank line of a JSONL file (``.gz`` too).
 
     Raises:
-        DataError: on a line that is not a JSON object, naming the file and line.
+        DataError: on a line that is not a JSON object, naming the file and line; on a gzip
+            stream that breaks off, naming the line it broke in.
     """
-    with reading(path), open_text(path) as f:
-        for line_no, line in enumerate(f, 1):
-            if line.strip():
-                yield line_no, _parse_line(line, path, line_no)
+    line_no = 0
+    try:
+        with reading(path), open_text(path) as f:
+            for line_no, line in enumerate(f, 1):
+                if line.strip():
+                    yield line_no, _parse_line(line, path, line_no)
+    except DataError as err:
+        if err.line is not None or not isinstance(err.__cause__, _GZIP_ERRORS):
+            raise
+        # Lines are decompressed ahead of use, so every line yielded was whole: the stream
+        # broke off in the next one.
+        raise DataError(err.reason, path=path, line=line_no + 1) from err.__cause__
 
 
 def _parse_line(line: str, path: str | Path, line_no: int) -> dict[str, Any]:
@@ -75,9 +95,47 @@ def _parse_line(line: str, path: str | Path, line_no: int) -> dict[str, Any]:
         record = json.loads(line)
     except json.JSONDecodeError as err:
         raise DataError(f"invalid JSON: {err.msg} (column {err.colno})", path=path, line=line_no) from err
+    except (ValueError, RecursionError) as err:  # an integer over 4300 digits; nesting too deep
+        raise DataError(f"unreadable JSON: {_short(err)}", path=path, line=line_no) from err
     if not isinstance(record, dict):
         raise DataError(f"expected a JSON object, got {type(record).__name__}", path=path, line=line_no)
-    return record
+    return _valid_unicode(record, line, path, line_no)
+
+
+# A UTF-16 surrogate left alone after decoding: JSON can spell one ("\ud800"), Unicode has none.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_warned_surrogates: set[str] = set()
+
+
+def _valid_unicode(value: Any, text: str, path: str | Path, line: int | None = None) -> Any:
+    """``value`` with lone surrogates replaced by U+FFFD (warned once per file).
+
+    Such a string cannot be written as UTF-8 (a stage's output) nor be serialised by pydantic,
+    so it would stop a long stage at that record on every resume; broken emoji in scraped
+    text are the usual source. Only text holding a ``\\uD8..-\\uDF..`` escape is searched.
+    """
+    if "\\ud" not in text and "\\uD" not in text:
+        return value
+    replaced = [0]
+
+    def fix(v: Any) -> Any:
+        if isinstance(v, str):
+            new, n = _LONE_SURROGATE.subn("\ufffd", v)
+            replaced[0] += n
+            return new
+        if isinstance(v, list):
+            return [fix(x) for x in v]
+        if isinstance(v, dict):
+            return {fix(k): fix(x) for k, x in v.items()}
+        return v
+
+    value = fix(value)
+    if replaced[0] and str(path) not in _warned_surrogates:
+        _warned_surrogates.add(str(path))
+        where = f"{path}:{line}" if line is not None else str(path)
+        logger.warning("%s: replaced lone UTF-16 surrogates (not valid Unicode) with U+FFFD; "
+                       "further ones in this file are replaced without a warning", where)
+    return value
 
 
 def read_json(path: str | Path) -> Any:
@@ -85,9 +143,12 @@ def read_json(path: str | Path) -> Any:
     with reading(path), open_text(path) as f:
         text = f.read()
     try:
-        return json.loads(text)
+        data = json.loads(text)
     except json.JSONDecodeError as err:
         raise DataError(f"invalid JSON: {err.msg} (column {err.colno})", path=path, line=err.lineno) from err
+    except (ValueError, RecursionError) as err:
+        raise DataError(f"unreadable JSON: {_short(err)}", path=path) from err
+    return _valid_unicode(data, text, path)
 
 
 def iter_records(path: str | Path) -> Iterator[tuple[Loc, dict[str, Any]]]:
@@ -107,11 +168,15 @@ def iter_records(path: str | Path) -> Iterator[tuple[Loc, dict[str, Any]]]:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         if err.msg == "Extra data" and text.lstrip().startswith("{"):
-            for line_no, line in enumerate(text.splitlines(), 1):
+            # split("\n"), not splitlines(): JSON strings may hold U+2028, U+0085 and the like raw.
+            for line_no, line in enumerate(text.split("\n"), 1):
                 if line.strip():
                     yield Loc(where, line=line_no), _parse_line(line, path, line_no)
             return
         raise DataError(f"invalid JSON: {err.msg} (column {err.colno})", path=path, line=err.lineno) from err
+    except (ValueError, RecursionError) as err:
+        raise DataError(f"unreadable JSON: {_short(err)}", path=path) from err
+    data = _valid_unicode(data, text, path)
     if isinstance(data, dict):
         yield Loc(where, record=1), data
         return
@@ -162,6 +227,7 @@ class ResumableJsonlWriter:
         self.fsync_every = fsync_every
         self.done = 0
         self.done_ids: set[str] = set()
+        self.ids: list[str | None] = []  # of the complete records, in file order (None: no id)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         end = self._scan() if self.path.exists() else 0
         self._file = open(self.path, "ab")
@@ -192,13 +258,22 @@ class ResumableJsonlWriter:
                         line=line_no,
                     ) from err
                 self.done += 1
-                if isinstance(record, dict) and record.get("id") is not None:
-                    self.done_ids.add(str(record["id"]))
+                record_id = record.get("id") if isinstance(record, dict) else None
+                self.ids.append(None if record_id is None else str(record_id))
+                if record_id is not None:
+                    self.done_ids.add(str(record_id))
         return end
 
     def write(self, record: dict[str, Any]) -> None:
-        """Append one record as one line (UTF-8, ``ensure_ascii=False``) and flush it."""
-        data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        """Append one record as one line (UTF-8, ``ensure_ascii=False``) and flush it.
+
+        A string holding a lone surrogate (valid in JSON input as ``"\\ud800"``, not encodable
+        as UTF-8) is written with ``\\u`` escapes instead, so the record reads back unchanged.
+        """
+        try:
+            data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        except UnicodeEncodeError:
+            data = (json.dumps(record, ensure_ascii=True) + "\n").encode("ascii")
         self._file.write(data)  # one call: a kill leaves at most a partial last line
         self._file.flush()
         self.done += 1

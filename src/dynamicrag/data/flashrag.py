@@ -8,7 +8,15 @@ from pathlib import Path
 from typing import Any
 
 from dynamicrag.data.errors import Loc
-from dynamicrag.data.fields import answer_list, build, example_id, passage, record_task, required_str
+from dynamicrag.data.fields import (
+    answer_list,
+    build,
+    example_id,
+    passage,
+    record_task,
+    required_str,
+    unique_examples,
+)
 from dynamicrag.data.files import file_stem, iter_records
 from dynamicrag.schema import Example, Passage
 
@@ -28,8 +36,7 @@ def to_example(record: dict[str, Any], loc: Loc, task: str = "qa") -> Example:
 
 
 def iter_examples(path: str | Path, task: str = "qa") -> Iterator[Example]:
-    for loc, record in iter_records(path):
-        yield to_example(record, loc, task)
+    yield from unique_examples(iter_records(path), lambda record, loc: to_example(record, loc, task))
 
 
 def split_contents(contents: str) -> tuple[str, str]:

@@ -19,8 +19,9 @@ Output record per question (one JSON line; the reward stage reads exactly this):
      "samples": [{"ids": [3, 1], "raw": "[3], [1]", "well_formed": true, "error": null,
                   "answer": "..."}, ...]}    # n samples, in sampling order
 
-``ids`` are 1-based positions into ``passages``; a sample whose output could not be read has
-``ids == []``, its ``error`` set and ``answer`` null (kept, never dropped: habit 4).
+``ids`` are 1-based positions into ``passages``; a sample whose output could not be read (or
+whose example made the backend raise) has ``ids == []``, its ``error`` set and ``answer`` null
+(kept, never dropped: habit 4).
 
 Example:
     >>> from dynamicrag.llm import load_backend
@@ -114,11 +115,39 @@ def sample_trajectories(
         config: Sampling settings; None = the original's.
 
     Returns:
-        One record per example, in input order (format in the module docstring).
+        One record per example, in input order (format in the module docstring). If the
+        backend raises, the examples are retried one by one; an example that still fails
+        gets ``n`` samples carrying the exception as their ``error`` (as ``infer`` does), so
+        one bad example neither stops the stage nor blocks its resumption.
     """
     config = config or SampleConfig()
     style_name = style if isinstance(style, str) else style.name
     style = load_style(style) if isinstance(style, str) else style
+    return _sample_isolated(examples, backend, style, style_name, config)
+
+
+def _sample_isolated(
+    examples: Sequence[Example], backend: Backend, style: PromptStyle, style_name: str, config: SampleConfig
+) -> list[dict[str, Any]]:
+    """:func:`_sample_batch`; on an exception, one example at a time, failures recorded."""
+    try:
+        return _sample_batch(examples, backend, style, style_name, config)
+    except Exception as err:  # noqa: BLE001 - the backend is a boundary: isolate the failing example
+        if len(examples) > 1:
+            logger.warning("sampling a batch failed (%s); retrying its %d examples one by one", err, len(examples))
+            return [r for ex in examples for r in _sample_isolated([ex], backend, style, style_name, config)]
+        logger.warning("example %s failed: %s", examples[0].id if examples else "?", err)
+        failed = _sample_record(Selection(well_formed=False, error=f"{type(err).__name__}: {err}"), None)
+        return [
+            {**ex.model_copy(update={"passages": ex.passages[: config.top_n]}).model_dump(mode="json"),
+             "prompt_style": style_name, "samples": [dict(failed) for _ in range(config.n)]}
+            for ex in examples
+        ]
+
+
+def _sample_batch(
+    examples: Sequence[Example], backend: Backend, style: PromptStyle, style_name: str, config: SampleConfig
+) -> list[dict[str, Any]]:
     shown = [ex.model_copy(update={"passages": ex.passages[: config.top_n]}) for ex in examples]
 
     reranker = DynamicReranker(
