@@ -247,6 +247,18 @@ def index(
     retriever: RetrieverKind = typer.Option(RetrieverKind.bm25, "--retriever"),
     encoder: Optional[str] = typer.Option(None, "--encoder", help="Dense encoder (HF id or path); default: bundled all-MiniLM-L6-v2"),
     faiss_index: str = typer.Option("flat", "--faiss-index", help="flat (exact) | hnsw | ivf (approximate)"),
+    embeddings: Optional[str] = typer.Option(
+        None, "--embeddings",
+        help="Precomputed passage vectors (Contriever layout: a folder or glob of pickled (ids, vectors) "
+        "shards, e.g. wikipedia_embeddings/passages_*): build a sharded IVF-PQ index of them, no encoding. "
+        "CORPUS is then the one passage file they index (psgs_w100.tsv is streamed); --encoder names "
+        "the query encoder they were made with",
+    ),
+    nlist: Optional[int] = typer.Option(None, "--nlist", help="IVF cells (ivf and --embeddings); default about 4 sqrt(n)"),
+    nprobe: Optional[int] = typer.Option(None, "--nprobe", help="IVF cells searched per query (ivf and --embeddings)"),
+    pq_m: Optional[int] = typer.Option(None, "--pq-m", help="--embeddings: PQ sub-quantizers, a divisor of the dimension"),
+    shard_size: int = typer.Option(2_000_000, "--shard-size", help="--embeddings: vectors per shard (bounds RAM while adding)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index at --out"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Build a persistent retrieval index over one or more CORPUS files."""
@@ -255,12 +267,33 @@ def index(
     from dynamicrag.retrieve import build_index
 
     start = time.perf_counter()
+    ivf = {k: v for k, v in {"nlist": nlist, "nprobe": nprobe}.items() if v is not None}
+    if embeddings is not None:
+        if len(corpus) != 1:
+            _fail(f"--embeddings indexes one passage file; got {len(corpus)} CORPUS arguments")
+        from dynamicrag.retrieve.sharded import build_sharded_index, format_estimate
+
+        def show_estimate(est: dict) -> None:
+            console.print(format_estimate(est))
+
+        try:
+            built = build_sharded_index(
+                embeddings, out, passages=corpus[0], encoder=encoder, overwrite=overwrite,
+                on_estimate=show_estimate, pq_m=pq_m, shard_size=shard_size, **ivf,
+            )
+        except (DataError, FileNotFoundError, FileExistsError, ValueError) as err:
+            _fail(str(err))
+        console.print(f"indexed {len(built)} vectors (sharded IVF-PQ) into {out} in {time.perf_counter() - start:.1f} s")
+        return
     try:
         passages = [p for path in corpus for p in load_corpus(path)]
     except (DataError, FileNotFoundError) as err:
         _fail(str(err))
-    options = {"encoder": encoder, "faiss_index": faiss_index} if retriever is not RetrieverKind.bm25 else {}
-    built = build_index(passages, out, kind=retriever.value, **options)
+    options = {"encoder": encoder, "faiss_index": faiss_index, **ivf} if retriever is not RetrieverKind.bm25 else {}
+    try:
+        built = build_index(passages, out, kind=retriever.value, overwrite=overwrite, **options)
+    except (FileExistsError, ValueError) as err:
+        _fail(str(err))
     console.print(
         f"indexed {len(built)} passages ({retriever.value}) into {out} in {time.perf_counter() - start:.1f} s"
     )

@@ -1,4 +1,5 @@
-"""Retrieval: BM25 (bm25s), dense (sentence-transformers + FAISS) and their RRF hybrid.
+"""Retrieval: BM25 (bm25s), dense (sentence-transformers + FAISS), their RRF hybrid, and a
+sharded IVF-PQ index over precomputed vectors for Wikipedia-scale corpora.
 
 Indexes live on disk (``meta.json``, ``passages.jsonl`` and the index files) and are written
 atomically; :func:`load_index` reads one back once per process.
@@ -26,6 +27,7 @@ from dynamicrag.retrieve.index import (
     load_index,
     retriever_class,
 )
+from dynamicrag.retrieve.sharded import ShardedDenseRetriever, build_sharded_index
 from dynamicrag.retrieve.storage import NotAnIndexError
 
 __all__ = [
@@ -38,7 +40,9 @@ __all__ = [
     "NotAnIndexError",
     "RETRIEVERS",
     "Retriever",
+    "ShardedDenseRetriever",
     "build_index",
+    "build_sharded_index",
     "clear_index_cache",
     "default_encoder_path",
     "load_encoder",

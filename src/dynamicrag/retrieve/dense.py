@@ -327,6 +327,18 @@ class DenseRetriever(BaseRetriever):
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
     def search_positions(self, queries: list[str], k: int) -> list[Hits]:
+        return self.search_vectors(self.encode_queries(queries), k)
+
+    def search_vectors(self, vectors: np.ndarray, k: int) -> list[Hits]:
+        """Top ``k`` corpus positions with scores for query vectors made elsewhere, best first.
+
+        Args:
+            vectors: Query vectors, shape (n_queries, dim), from this index's encoder.
+            k: Hits wanted per query (fewer come back when the index finds fewer).
+
+        Returns:
+            One list of (position, inner product) per query.
+        """
         import faiss
 
         c = self.config
@@ -335,11 +347,14 @@ class DenseRetriever(BaseRetriever):
             params.set_index_parameter(self.index, "efSearch", max(c.ef_search, k))
         elif c.faiss_index == "ivf":
             params.set_index_parameter(self.index, "nprobe", c.nprobe)
-        scores, ids = self.index.search(self.encode_queries(queries), k)  # (n_queries, k) each
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.index.d:
+            raise ValueError(f"query vectors have shape {vectors.shape}, expected (n, {self.index.d})")
+        scores, ids = self.index.search(vectors, k)  # (n_queries, k) each
         # Approximate indexes return -1 when they find fewer than k vectors.
         return [
             [(int(i), float(s)) for i, s in zip(ids[q], scores[q]) if i >= 0]
-            for q in range(len(queries))
+            for q in range(len(vectors))
         ]
 
     def embeddings(self) -> np.ndarray:

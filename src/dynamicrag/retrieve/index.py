@@ -13,11 +13,13 @@ from dynamicrag.retrieve.base import BaseRetriever, check_corpus
 from dynamicrag.retrieve.bm25 import BM25Retriever
 from dynamicrag.retrieve.dense import DenseRetriever
 from dynamicrag.retrieve.hybrid import HybridRetriever
+from dynamicrag.retrieve.sharded import ShardedDenseRetriever
 from dynamicrag.retrieve.storage import (
     META_FILE,
     PASSAGES_FILE,
     NotAnIndexError,
     check_files,
+    check_target,
     read_meta,
     read_passages,
 )
@@ -94,10 +96,7 @@ def build_index(
         >>> retriever.search(["who got the first nobel prize in physics"], k=5)  # doctest: +SKIP
     """
     cls = retriever_class(kind)
-    out = Path(out_dir).expanduser().resolve()
-    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-        # Checked before the (possibly hours-long) build, not only when writing.
-        raise FileExistsError(f"{out} already exists; pass overwrite=True to replace it")
+    out = check_target(out_dir, overwrite=overwrite)  # before the (maybe hours-long) build
     corpus = check_corpus(passages)
     start = time.perf_counter()
     if cls is BM25Retriever:
@@ -129,7 +128,9 @@ def build_index(
 
 
 def load_index(index_dir: str | Path) -> BaseRetriever:
-    """Load an index written by :func:`build_index` (once per process: later calls share it).
+    """Load an index written by :func:`build_index` or :func:`.build_sharded_index`.
+
+    An index is read once per process: later calls share it.
 
     Args:
         index_dir: The index folder.
@@ -149,11 +150,17 @@ def load_index(index_dir: str | Path) -> BaseRetriever:
         cached = _CACHE.get(path)
         if cached is not None and cached[0] == stamp:
             return cached[1]
-        cls = retriever_class(meta["kind"])
-        check_files(path, cls.required_files(meta["options"]))
         start = time.perf_counter()
-        passages = read_passages(path / PASSAGES_FILE)
-        retriever = cls.read_files(path, passages, meta["options"])
+        retriever: BaseRetriever
+        if meta["kind"] == ShardedDenseRetriever.kind:
+            # Built from precomputed vectors, not by build_index (so not in RETRIEVERS); its
+            # passages stay on disk and are read by offset.
+            retriever = ShardedDenseRetriever.load(path)
+        else:
+            cls = retriever_class(meta["kind"])
+            check_files(path, cls.required_files(meta["options"]))
+            passages = read_passages(path / PASSAGES_FILE)
+            retriever = cls.read_files(path, passages, meta["options"])
         logger.info(
             "loaded %s index of %d passages from %s in %.1fs",
             meta["kind"],

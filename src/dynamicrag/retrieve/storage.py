@@ -13,12 +13,14 @@ an interrupted build never leaves a half index where a finished one is expected.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -107,32 +109,69 @@ def write_index(retriever: BaseRetriever, out_dir: str | Path, *, overwrite: boo
     Raises:
         FileExistsError: ``out_dir`` exists, is not empty, and ``overwrite`` is False.
     """
-    out_dir = Path(out_dir).expanduser().resolve()
-    if out_dir.exists() and not overwrite and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise FileExistsError(f"{out_dir} already exists; pass overwrite=True to replace it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # Same parent folder, so the final rename stays on one filesystem (and so is atomic).
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    out = check_target(out_dir, overwrite=overwrite)
+    with index_folder(out, overwrite=overwrite) as tmp:
         write_passages(retriever.passages, tmp / PASSAGES_FILE)
         retriever.write_files(tmp)
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "kind": retriever.kind,
-            "counts": retriever.counts(),
-            "options": retriever.options(),
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "dynamicrag_version": _package_version(),
-        }
-        # meta.json last: its presence marks a finished index even inside the temp folder.
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        write_meta(tmp, retriever.kind, retriever.counts(), retriever.options())
+    logger.info("wrote %s index of %d passages to %s", retriever.kind, len(retriever), out)
+    return out
+
+
+def check_target(out_dir: str | Path, *, overwrite: bool = False) -> Path:
+    """Resolve ``out_dir`` and refuse an existing, non-empty one unless ``overwrite``.
+
+    Raises:
+        FileExistsError: ``out_dir`` exists, is not empty, and ``overwrite`` is False.
+    """
+    out = Path(out_dir).expanduser().resolve()
+    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} already exists; pass overwrite=True to replace it")
+    return out
+
+
+@contextlib.contextmanager
+def index_folder(out_dir: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """A temporary folder beside ``out_dir`` that replaces ``out_dir`` when the block succeeds.
+
+    Write the index files into the yielded folder, ``meta.json`` last (:func:`write_meta`); on
+    an exception the folder is deleted and ``out_dir`` is left as it was.
+
+    Args:
+        out_dir: Target folder (must not exist, or be empty, unless ``overwrite``).
+        overwrite: Replace an existing folder (see :func:`write_index`).
+
+    Yields:
+        The temporary folder.
+    """
+    out = check_target(out_dir, overwrite=overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Same parent folder, so the final rename stays on one filesystem (and so is atomic).
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
         os.chmod(tmp, 0o755)  # mkdtemp makes 0700 folders; an index is meant to be shared
-        _move_into_place(tmp, out_dir)
+        _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    logger.info("wrote %s index of %d passages to %s", retriever.kind, len(retriever), out_dir)
-    return out_dir
+
+
+def write_meta(
+    index_dir: Path, kind: str, counts: dict[str, Any], options: dict[str, Any], **extra: Any
+) -> None:
+    """Write ``meta.json``: format version, kind, counts, options, ``extra`` fields, time."""
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "counts": counts,
+        "options": options,
+        **extra,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "dynamicrag_version": _package_version(),
+    }
+    # meta.json last: its presence marks a finished index even inside the temp folder.
+    (index_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
 
 def _move_into_place(tmp: Path, out_dir: Path) -> None:

@@ -249,14 +249,8 @@ def build_dpo_trainer(config: DPORunConfig) -> Any:
     from trl import DPOConfig, DPOTrainer
 
     records = load_dpo_records(config.train_file)
-    model, tokenizer = load_trainable(config.model)
-    ref_model = None
-    if config.ref_model is not None:
-        ref_model, _ = load_trainable(config.ref_model)
-        ref_model.eval().requires_grad_(False)
-    logger.info("DPO on %d pairs of %s from %s (%s, reference: %s)", len(records), config.train_file,
-                model.name_or_path, "LoRA" if config.lora else "full fine-tuning",
-                ref_model.name_or_path if ref_model is not None else "the starting model")
+    # The arguments come before the models, as in build_sft_trainer: under ZeRO-3 they make
+    # from_pretrained build the models sharded instead of a full copy in every process.
     args = DPOConfig(
         output_dir=str(config.checkpoint_dir),
         beta=config.beta,
@@ -279,6 +273,14 @@ def build_dpo_trainer(config: DPORunConfig) -> Any:
         report_to="none",  # no tracker unless asked for through dpo_args
         **{"dataloader_pin_memory": torch.cuda.is_available(), **config.dpo_args},  # pinning needs a GPU
     )
+    model, tokenizer = load_trainable(config.model)
+    ref_model = None
+    if config.ref_model is not None:
+        ref_model, _ = load_trainable(config.ref_model)
+        ref_model.eval().requires_grad_(False)
+    logger.info("DPO on %d pairs of %s from %s (%s, reference: %s)", len(records), config.train_file,
+                model.name_or_path, "LoRA" if config.lora else "full fine-tuning",
+                ref_model.name_or_path if ref_model is not None else "the starting model")
     trainer = DPOTrainer(
         model=model,
         ref_model=ref_model,

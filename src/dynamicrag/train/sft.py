@@ -381,9 +381,9 @@ def build_sft_trainer(config: SFTRunConfig) -> Any:
     from trl import SFTConfig, SFTTrainer
 
     records = load_sft_records(config.train_file)
-    model, tokenizer = load_trainable(config.model)
-    logger.info("SFT on %d rows of %s from %s (%s)", len(records), config.train_file, model.name_or_path,
-                "LoRA" if config.lora else "full fine-tuning")
+    # The training arguments come before the model: under `accelerate launch` with ZeRO-3 they
+    # register the DeepSpeed config, so from_pretrained builds the model already sharded
+    # (zero3_init_flag) instead of a full fp32 copy in every process.
     args = SFTConfig(
         output_dir=str(config.checkpoint_dir),
         learning_rate=config.learning_rate,
@@ -405,6 +405,9 @@ def build_sft_trainer(config: SFTRunConfig) -> Any:
         report_to="none",  # no tracker unless asked for through sft_args
         **{"dataloader_pin_memory": torch.cuda.is_available(), **config.sft_args},  # pinning needs a GPU
     )
+    model, tokenizer = load_trainable(config.model)
+    logger.info("SFT on %d rows of %s from %s (%s)", len(records), config.train_file, model.name_or_path,
+                "LoRA" if config.lora else "full fine-tuning")
     return SFTTrainer(
         model=model,
         args=args,
@@ -441,15 +444,49 @@ def train_and_merge(trainer: Any, config: Any, what: str) -> Path:
     if not math.isfinite(result.training_loss):
         raise FloatingPointError(f"{what} loss is {result.training_loss}; lower learning_rate or check {config.train_file}")
 
-    model = trainer.model
-    if config.lora:
-        model = model.merge_and_unload()  # W + (alpha/r) B A, a plain transformers model again
     merged = config.merged_dir
-    merged.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(merged)
-    trainer.processing_class.save_pretrained(merged)  # tokenizer + chat_template.jinja
-    logger.info("Merged model written to %s (train loss %.4f)", merged, result.training_loss)
+    if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
+        # ZeRO-3 / FSDP shard the parameters over the processes: save_model gathers them (a
+        # collective every process must call) and writes on the main process only.
+        _save_sharded(trainer, config)
+    elif trainer.is_world_process_zero():  # under `accelerate launch` every process gets here
+        model = trainer.model
+        if config.lora:
+            model = model.merge_and_unload()  # W + (alpha/r) B A, a plain transformers model again
+        merged.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(merged)
+        trainer.processing_class.save_pretrained(merged)  # tokenizer + chat_template.jinja
+    trainer.accelerator.wait_for_everyone()  # no process returns before the merged model exists
+    if trainer.is_world_process_zero():
+        logger.info("Merged model written to %s (train loss %.4f)", merged, result.training_loss)
     return merged
+
+
+def _save_sharded(trainer: Any, config: Any) -> None:
+    """Write the merged model of a DeepSpeed ZeRO-3 or FSDP run (parameters sharded).
+
+    Full fine-tuning: ``save_model`` writes the gathered weights straight to ``merged_dir``.
+    LoRA: it writes the gathered adapter to ``<output_dir>/adapter``; the main process then
+    folds it into a fresh copy of the base model (the sharded one cannot be merged in place).
+    """
+    if not config.lora:
+        trainer.save_model(str(config.merged_dir))  # the gathered weights and config
+    else:
+        adapter = Path(config.output_dir) / "adapter"
+        trainer.save_model(str(adapter))
+        if trainer.is_world_process_zero():
+            from peft import PeftModel
+            from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+            # This process alone loads the base: a ZeRO-3 config still registered would make
+            # from_pretrained partition it (zero.Init), a collective the others never join.
+            unset_hf_deepspeed_config()
+            base, _ = load_trainable(config.model)
+            model = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+            config.merged_dir.mkdir(parents=True, exist_ok=True)
+            model.save_pretrained(config.merged_dir)
+    if trainer.is_world_process_zero():
+        trainer.processing_class.save_pretrained(config.merged_dir)  # tokenizer + chat template
 
 
 def train_sft(config: SFTRunConfig) -> Path:
