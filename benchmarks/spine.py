@@ -1,6 +1,7 @@
 """Inference-spine figures on the shared NQ data, side by side in one run.
 
     python benchmarks/spine.py [--questions 20] [--top-n 10] [--json benchmarks/results/spine.json]
+    python benchmarks/spine.py --quick      # smoke run: 2 questions, top-3, 16-token answers
 
 1. BM25 index build over the NQ corpus (2655 gold passages of nq-open-oracle, each kept once,
    plus the 1000-passage Wikipedia sample), through the same code as `dynamicrag index`.
@@ -14,13 +15,11 @@ Prints a markdown table last and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import resource
 import tempfile
 import time
 from pathlib import Path
+
+from _common import DATA, parse_args, peak_rss_mb, print_header, write_result
 
 from dynamicrag.data import load_corpus, load_examples
 from dynamicrag.evaluate import contains_answer
@@ -30,15 +29,14 @@ from dynamicrag.pipeline import Pipeline
 from dynamicrag.rerank import DynamicReranker
 from dynamicrag.retrieve import build_index
 
-DATA = Path(os.environ.get("DYNAMICRAG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--questions", type=int, default=20)
     ap.add_argument("--top-n", type=int, default=10)
-    ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "spine.json")
-    args = ap.parse_args()
+    ap.add_argument("--max-new-tokens", type=int, default=200, help="Generator's answer cap (paper: 200)")
+    ap.add_argument("--json", type=Path, default=None, help="Default: results/spine.json (.quick.json with --quick)")
+    args = parse_args(ap, {"questions": 2, "top_n": 3, "max_new_tokens": 16})
 
     oracle = DATA / "nq" / "nq-open-oracle.jsonl.gz"
     examples = load_examples(oracle)
@@ -62,7 +60,8 @@ def main() -> None:
     subset = [ex.model_copy(update={"passages": []}) for ex in examples[: args.questions]]
     for label, constrained in (("free", False), ("constrained", True)):
         pipeline = Pipeline(
-            DynamicReranker(backend, constrained=constrained), Generator(backend), retriever=retriever, top_n=args.top_n
+            DynamicReranker(backend, constrained=constrained), Generator(backend, max_new_tokens=args.max_new_tokens),
+            retriever=retriever, top_n=args.top_n,
         )
         start = time.perf_counter()
         records = [r for i in range(0, len(subset), 8) for r in pipeline.run(subset[i : i + 8])]
@@ -77,7 +76,6 @@ def main() -> None:
         }
 
     result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "corpus_passages": len(passages),
         "bm25_build_seconds": build_s,
         "bm25_search_questions_per_second": len(examples) / search_s,
@@ -85,13 +83,13 @@ def main() -> None:
         "recall_at_20_answer": answer_recall,
         "infer_questions": len(subset),
         "infer_top_n": args.top_n,
+        "infer_max_new_tokens": args.max_new_tokens,
         "infer": runs,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2))
+    path = write_result("spine", result, args)
 
-    print(f"\n{result['machine']}; corpus {len(passages)} passages; {len(examples)} NQ questions\n")
+    print_header(args, f"corpus {len(passages)} passages; {len(examples)} NQ questions; JSON: {path}")
     print("| figure | value |\n|---|---|")
     print(f"| BM25 index build (load + index) | {build_s:.2f} s |")
     print(f"| BM25 search | {result['bm25_search_questions_per_second']:.0f} questions/s |")

@@ -1,0 +1,110 @@
+"""Cold start vs warm runs of ``dynamicrag ask``: wall time and peak RSS of each process.
+
+    python benchmarks/cold_start.py                  # full: cold, index-only cold, 3 warm runs
+    python benchmarks/cold_start.py --quick          # smoke run: cold + 1 warm, 16-token answers
+
+Runs, each a fresh ``dynamicrag ask QUESTION --json`` process with ``DYNAMICRAG_CACHE`` set
+to a new temporary folder (the user's own cache is neither read nor touched):
+
+1. ``cold``: the cache is empty, so the run converts the bundled SmolLM2 GGUF into a
+   transformers checkpoint and builds the BM25 index of the corpus before answering.
+2. ``index only cold``: the converted model is kept and the index folder deleted, so the run
+   builds the index again (separates the two one-time costs; ``--no-index-cold`` skips it).
+3. ``warm`` x --warm: everything cached; model load, index load, rerank, answer.
+
+Also ``dynamicrag --help`` as the floor (interpreter start and the CLI's imports). Each
+process is measured on its own with ``os.wait4`` (wall seconds, CPU seconds, peak RSS).
+"Cold" is cold for the project's cache only: the operating system's file cache may still hold
+the GGUF and the libraries. The question defaults to one about the bundled corpus (the
+project's docs), which ``ask`` uses when --corpus is not given. Targets (issue 6): warm runs
+under 10 s and under 3 GB RSS. Prints a markdown table last and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from _common import fmt, log, markdown_table, mean, parse_args, print_header, run_child, write_result
+
+QUICK = {"warm": 1, "max_new_tokens": 16, "no_index_cold": True}
+TARGET_WARM_S, TARGET_RSS_MB = 10.0, 3000.0
+
+
+def dynamicrag_command() -> list[str]:
+    """The installed ``dynamicrag`` console script, else the same entry point through python."""
+    script = shutil.which("dynamicrag")
+    return [script] if script else [sys.executable, "-c", "from dynamicrag.cli import app; app()"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--question", default="What does the dynamic reranker write?")
+    ap.add_argument("--corpus", type=Path, default=None, help="Corpus for ask (default: the bundled docs)")
+    ap.add_argument("--warm", type=int, default=3, help="Warm runs after the cold ones")
+    ap.add_argument("--max-new-tokens", type=int, default=None, help="ask's answer cap (default: ask's own, 200)")
+    ap.add_argument("--no-index-cold", action="store_true", help="Skip the index-only cold run")
+    ap.add_argument("--json", type=Path, default=None)
+    args = parse_args(ap, QUICK)
+
+    base = dynamicrag_command()
+    ask = [*base, "ask", args.question, "--json"]
+    ask += ["--corpus", str(args.corpus.resolve())] if args.corpus else []
+    ask += ["--max-new-tokens", str(args.max_new_tokens)] if args.max_new_tokens else []
+    plan = [("floor: dynamicrag --help", [*base, "--help"]), ("cold", ask)]
+    plan += [] if args.no_index_cold else [("index only cold", ask)]
+    plan += [(f"warm {i + 1}", ask) for i in range(args.warm)]
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="dynamicrag-cold-") as cache:
+        env = {**os.environ, "DYNAMICRAG_CACHE": cache, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        for label, argv in plan:
+            if label == "index only cold":
+                shutil.rmtree(Path(cache) / "indexes", ignore_errors=True)
+            log(label)
+            run = run_child(argv, env=env)
+            row = {"run": label, "seconds": run.seconds, "cpu_seconds": run.cpu_seconds,
+                   "peak_rss_mb": run.peak_rss_mb, "returncode": run.returncode}
+            if run.returncode != 0:
+                row["error"] = run.error_tail()
+                log(f"{label} failed (exit {run.returncode}): {row['error']}")
+            elif argv is ask:
+                record = json.loads(run.stdout)
+                row.update(k=len(record["selected"]), answer=record["answer"], error=record["error"])
+            runs.append(row)
+        cached = sorted(p.name for p in Path(cache).iterdir())
+
+    warm = [r for r in runs if r["run"].startswith("warm") and r["returncode"] == 0]
+    result = {
+        "question": args.question,
+        "corpus": str(args.corpus) if args.corpus else "bundled docs",
+        "ask": " ".join(ask[len(base):]),
+        "runs": runs,
+        "warm_mean_seconds": mean(r["seconds"] for r in warm),
+        "warm_max_peak_rss_mb": max((r["peak_rss_mb"] for r in warm), default=None),
+        "cache_contents": cached,
+    }
+    result["targets_met"] = bool(warm) and result["warm_mean_seconds"] < TARGET_WARM_S and \
+        result["warm_max_peak_rss_mb"] < TARGET_RSS_MB
+    path = write_result("cold_start", result, args)
+
+    print_header(
+        args,
+        f"`dynamicrag {result['ask']}` on {result['corpus']}, empty DYNAMICRAG_CACHE first; JSON: {path}",
+        f"Warm: mean {fmt(result['warm_mean_seconds'], '.1f')} s (target < {TARGET_WARM_S:.0f} s), peak RSS "
+        f"{fmt(result['warm_max_peak_rss_mb'], '.0f')} MB (target < {TARGET_RSS_MB:.0f} MB): "
+        f"{'met' if result['targets_met'] else 'NOT met'}",
+    )
+    print(markdown_table(
+        ["run", "wall s", "CPU s", "peak RSS MB", "exit", "k"],
+        [[r["run"], f"{r['seconds']:.1f}", f"{r['cpu_seconds']:.1f}", f"{r['peak_rss_mb']:.0f}", r["returncode"],
+          r.get("k", "-")] for r in runs],
+    ))
+
+
+if __name__ == "__main__":
+    main()
