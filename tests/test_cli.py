@@ -70,6 +70,25 @@ def test_resuming_onto_another_inputs_records_is_refused_and_keeps_them(shared_d
     assert out.read_bytes() == before
 
 
+def test_retrieve_writes_examples_with_their_passages_and_gold_marks(shared_data, nq_index, tmp_path):
+    from dynamicrag.data import load_examples
+
+    questions = shared_data / "nq" / "nq-open-oracle.jsonl.gz"  # each with its gold passage
+    out = tmp_path / "retrieved.jsonl"
+    result = invoke("retrieve", "--input", questions, "--index", nq_index, "--output", out, "--top-n", "20",
+                    "--limit", "30", "--batch-size", "8")
+    assert "retrieved top 20 for 30 questions" in " ".join(result.output.split())
+    examples = load_examples(out)  # the output is an examples file later stages read
+    source = load_examples(questions, limit=30)
+    assert [ex.id for ex in examples] == [ex.id for ex in source]
+    assert all(len(ex.passages) == 20 for ex in examples)
+    # The gold passage is in the index: retrieved in the top 20 for most questions, and marked.
+    found = sum(any(p.extra.get("isgold") for p in ex.passages) for ex in examples)
+    assert found >= 24
+    again = invoke("retrieve", "--input", questions, "--index", nq_index, "--output", out, "--top-n", "20", "--limit", "30")
+    assert "retrieved top 20 for 0 questions" in " ".join(again.output.split())  # nothing redone
+
+
 @pytest.mark.slow
 def test_infer_uses_the_examples_own_passages(shared_data, tmp_path, smollm):
     src = tmp_path / "nq-oracle-3.jsonl"

@@ -88,6 +88,19 @@ def test_label_on_two_ray_workers_gives_the_local_records_and_resumes(shared_dat
     assert_same(expected, records(on_ray))
 
 
+def test_retrieve_on_ray_gives_the_local_records(shared_data, wiki_index, local_ray, tmp_path, request):
+    questions = shared_data / "nq" / "flashrag_nq_test.jsonl"
+    args = ["retrieve", "--input", questions, "--index", wiki_index, "--top-n", "7", "--batch-size", "2", "--limit", "8"]
+    local = tmp_path / "local.jsonl"
+    invoke(*args, "--output", local)
+    request.getfixturevalue("nothing_loads_here")
+    on_ray = tmp_path / "ray.jsonl"
+    invoke(*args, "--output", on_ray, "--executor", "ray", "--workers", "2")
+    expected = records(local)
+    assert len(expected) == 8 and all(len(r["passages"]) == 7 for r in expected)
+    assert_same(expected, records(on_ray))
+
+
 @pytest.fixture
 def one_torch_thread():
     """Ray gives a 1-CPU worker one torch thread; the local run matches it, so both sum the

@@ -202,6 +202,14 @@ def _infer_fn(backend: dict, index_dir: str | None, retrieve: bool, **pipeline_o
     return _pipeline(load_backend(**backend), retriever=retriever, retrieve=retrieve, **pipeline_options).run
 
 
+def _retrieve_fn(index_dir: str, top_n: int):
+    from dynamicrag.pipeline import with_passages
+    from dynamicrag.retrieve import load_index
+
+    retriever = load_index(index_dir)
+    return lambda batch: [ex.model_dump(mode="json") for ex in with_passages(batch, retriever, top_n, retrieve=True)]
+
+
 def _label_fn(config, index_dir: str | None, retrieve: bool):
     from dynamicrag.pipeline import with_passages
     from dynamicrag.rerank.pointwise import make_scorer
@@ -297,6 +305,45 @@ def index(
     console.print(
         f"indexed {len(built)} passages ({retriever.value}) into {out} in {time.perf_counter() - start:.1f} s"
     )
+
+
+@app.command()
+def retrieve(
+    input: Path = typer.Option(..., "--input", help="Questions: any supported examples format"),
+    output: Path = typer.Option(..., "--output", help="Examples with their retrieved passages, JSONL (resumed if it exists)"),
+    index_dir: Path = typer.Option(..., "--index", help="Index to search"),
+    top_n: int = typer.Option(50, "--top-n", min=1, help="Passages kept per question (the paper retrieves 50-500)"),
+    task: Optional[str] = typer.Option(None, "--task", help="Task of every example (default: detected)"),
+    limit: Optional[int] = LimitOpt,
+    skip: int = SkipOpt,
+    batch_size: int = typer.Option(64, "--batch-size", help="Questions per search batch and write"),
+    executor: ExecutorKind = ExecutorOpt,
+    ray_address: Optional[str] = RayAddressOpt,
+    workers: int = WorkersOpt,
+    worker_gpus: float = WorkerGpusOpt,
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Retrieve the top-N passages of every question of INPUT once, for later stages.
+
+    The output is an examples file whose records carry their passages, so `label`, `sample`
+    and `infer` read it without an index; a question's own gold passages (NQ-open oracle)
+    mark the retrieved passages that match them `isgold`.
+    """
+    _setup_logging(verbose)
+    from dynamicrag.data import DataError, load_examples
+
+    try:
+        examples = load_examples(input, task=task, limit=limit, skip=skip)
+    except (DataError, FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    start = time.perf_counter()
+    ran = _run_resumable(
+        "retrieve", examples, output, batch_size, partial(_retrieve_fn, _index_path(index_dir), top_n),
+        _executor(executor, ray_address, workers, worker_gpus),
+    )
+    elapsed = time.perf_counter() - start
+    console.print(f"retrieved top {top_n} for {ran} questions into {output} in {elapsed:.1f} s"
+                  + (f" ({ran / elapsed:.1f} questions/s)" if ran and elapsed > 0 else ""))
 
 
 @app.command()
