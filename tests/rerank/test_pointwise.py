@@ -68,6 +68,11 @@ def test_monot5_on_the_bundled_causal_model(causal_scorer):
     # Left padding must not change a passage's score: batched == one by one.
     single = MonoT5Scorer(causal_scorer.model, causal_scorer.tokenizer, batch_size=1)
     assert single.score("What is the capital of France?", passages) == pytest.approx(scores, abs=1e-4)
+    # Logits of the last position only (logits_to_keep=1) are those of the full forward pass.
+    assert causal_scorer.last_logits_only
+    full = MonoT5Scorer(causal_scorer.model, causal_scorer.tokenizer)
+    full.last_logits_only = False
+    assert full.score("What is the capital of France?", passages) == pytest.approx(scores, abs=1e-4)
 
 
 def test_monot5_cuts_the_document_not_the_question(causal_scorer):

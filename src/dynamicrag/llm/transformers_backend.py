@@ -174,6 +174,9 @@ class TransformersBackend:
     """
 
     name = "transformers"
+    # Encode a prompt once for its n samples (see _shared_prefill); benchmarks/speed_work.py
+    # turns it off on an instance to measure what it saves.
+    share_prefill = True
 
     def __init__(
         self,
@@ -246,7 +249,7 @@ class TransformersBackend:
         else:
             # top_k=0 turns off transformers' default top-k of 50, as vLLM/OpenAI have none.
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
-            if params.n > 1 and prompt_len > 1:
+            if params.n > 1 and prompt_len > 1 and self.share_prefill:
                 kwargs["past_key_values"] = self._shared_prefill(batch, params.n)
                 batch = {k: v.repeat_interleave(params.n, dim=0) for k, v in batch.items()}
             else:

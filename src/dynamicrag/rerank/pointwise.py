@@ -125,6 +125,11 @@ class MonoT5Scorer:
         self.false_id = _single_token(tokenizer, false_word)
         # Tokens of the template without query or document: what the document cannot use.
         self._frame = len(self._ids(MONOT5_TEMPLATE.format(query="", document="")))
+        # A causal LM reads one position per pair: with left padding it is the last column for
+        # every row, and only its logits are computed (logits_to_keep=1). The projection onto
+        # the vocabulary at every position (49k words for SmolLM2) was most of the cost.
+        # benchmarks/speed_work.py turns it off on an instance to measure it.
+        self.last_logits_only = True
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=True)["input_ids"]
@@ -151,6 +156,7 @@ class MonoT5Scorer:
                 batch = self.tokenizer(
                     prompts[start : start + self.batch_size],
                     padding=True,
+                    padding_side="right" if self.seq2seq else "left",
                     truncation=True,
                     max_length=self.max_length,
                     return_tensors="pt",
@@ -168,12 +174,15 @@ class MonoT5Scorer:
             start = self.model.config.decoder_start_token_id
             decoder = torch.full((ids.shape[0], 1), start, dtype=torch.long, device=ids.device)
             return self.model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder).logits[:, 0]
-        # Either padding side: positions count real tokens only, and each row is read at its
-        # last real token.
+        # Left padding: positions count real tokens only, and every row ends in the last column.
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
-        last = mask.shape[1] - 1 - mask.flip(1).argmax(1)  # (batch,)
-        return logits[torch.arange(ids.shape[0], device=ids.device), last]
+        inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+        if self.last_logits_only:
+            try:
+                return self.model(**inputs, logits_to_keep=1).logits[:, -1]
+            except TypeError:  # an architecture without logits_to_keep: all positions
+                self.last_logits_only = False
+        return self.model(**inputs).logits[:, -1]
 
 
 def _load_lm(name: str, device: str) -> tuple[Any, Any]:
