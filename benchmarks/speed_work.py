@@ -6,6 +6,8 @@ the code ran before the measure and once as it runs now, after one warm-up call:
 - **length-sorted batches**: prompts of mixed length (generator prompts over 1..10 BM25
   passages) batched in input order (before) vs sorted by length (now), so a batch pads to
   similar lengths; the padded tokens computed over are counted too.
+- **batched decoding**: the questions alone (short prompts) with long answers, one by one vs
+  one batch: where decoding, not prefill, dominates, as on a server with short requests.
 - **torch.inference_mode**: the same batches under ``torch.no_grad`` (what ``generate`` does by
   itself) vs ``inference_mode`` (no autograd bookkeeping at all).
 - **shared prefill for n samples**: ``n`` reranker samples of one 10-passage prompt, the prompt
@@ -140,6 +142,20 @@ def main() -> None:
     rows.append(row(
         "torch.inference_mode", f"the same {len(prompts)} prompts, sorted batches",
         timed(lambda: batches(torch.no_grad), args.repeats), timed(lambda: batches(torch.inference_mode), args.repeats),
+    ))
+
+    # Batching where decoding dominates: short prompts (the question alone), long answers.
+    # (infer's prompts are ~1.5k tokens for ~50 generated: prefill-bound, see throughput.py.)
+    short = [[{"role": "user", "content": ex.question}] for ex in examples]
+    decode = SamplingParams(max_new_tokens=4 * args.max_new_tokens, temperature=0.0)
+
+    def one_by_one() -> None:
+        for chat in short:
+            llm.generate([chat], decode)
+
+    rows.append(row(
+        "batched decoding", f"{len(short)} questions alone, {decode.max_new_tokens} new tokens, batch 1 vs {b}",
+        timed(one_by_one, args.repeats), timed(lambda: llm.generate(short, decode), args.repeats),
     ))
 
     # n samples of one reranker prompt over 10 passages (DPO sampling: n = 8, temperature 0.4).

@@ -291,7 +291,8 @@ def index(
             )
         except (DataError, FileNotFoundError, FileExistsError, ValueError) as err:
             _fail(str(err))
-        console.print(f"indexed {len(built)} vectors (sharded IVF-PQ) into {out} in {time.perf_counter() - start:.1f} s")
+        console.print(f"indexed {len(built)} passages (sharded IVF-PQ of {built.counts()['vectors']} vectors) "
+                      f"into {out} in {time.perf_counter() - start:.1f} s")
         return
     try:
         passages = [p for path in corpus for p in load_corpus(path)]

@@ -288,6 +288,7 @@ def test_index_command_builds_from_contriever_files_and_prints_the_estimate_firs
     result = CliRunner().invoke(app, argv)
     assert result.exit_code == 0, result.output
     assert result.output.index("IVF16,PQ8x8 index of 4,000 x 32 vectors in 3 shard(s)") < result.output.index("indexed")
+    assert "indexed 4002 passages (sharded IVF-PQ of 4000 vectors)" in " ".join(result.output.split())
     clear_index_cache()
     index = load_index(out)
     assert isinstance(index, ShardedDenseRetriever) and index.config.nprobe == 8 and len(index) == N + 2
