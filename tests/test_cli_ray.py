@@ -42,6 +42,15 @@ def assert_same(a, b, where: str = "records") -> None:
         assert a == b, where
 
 
+def local_then_ray(args, tmp_path, request) -> tuple[list[dict], list[dict]]:
+    """The records of ``args`` run in process, then on 2 Ray workers with nothing loaded here."""
+    local, on_ray = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
+    invoke(*args, "--output", local)
+    request.getfixturevalue("nothing_loads_here")
+    invoke(*args, "--output", on_ray, "--executor", "ray", "--workers", "2")
+    return records(local), records(on_ray)
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     ray = pytest.importorskip("ray")
@@ -91,14 +100,9 @@ def test_label_on_two_ray_workers_gives_the_local_records_and_resumes(shared_dat
 def test_retrieve_on_ray_gives_the_local_records(shared_data, wiki_index, local_ray, tmp_path, request):
     questions = shared_data / "nq" / "flashrag_nq_test.jsonl"
     args = ["retrieve", "--input", questions, "--index", wiki_index, "--top-n", "7", "--batch-size", "2", "--limit", "8"]
-    local = tmp_path / "local.jsonl"
-    invoke(*args, "--output", local)
-    request.getfixturevalue("nothing_loads_here")
-    on_ray = tmp_path / "ray.jsonl"
-    invoke(*args, "--output", on_ray, "--executor", "ray", "--workers", "2")
-    expected = records(local)
+    expected, on_ray = local_then_ray(args, tmp_path, request)
     assert len(expected) == 8 and all(len(r["passages"]) == 7 for r in expected)
-    assert_same(expected, records(on_ray))
+    assert_same(expected, on_ray)
 
 
 @pytest.fixture
@@ -117,15 +121,9 @@ def one_torch_thread():
 def test_infer_on_ray_gives_the_local_records(shared_data, wiki_index, local_ray, tmp_path, request, one_torch_thread):
     questions = shared_data / "nq" / "flashrag_nq_test.jsonl"
     args = ["infer", "--input", questions, "--index", wiki_index, "--top-n", "3", "--batch-size", "1", "--limit", "3", *FAST]
-    local = tmp_path / "local.jsonl"
-    invoke(*args, "--output", local)
-
-    request.getfixturevalue("nothing_loads_here")
-    on_ray = tmp_path / "ray.jsonl"
-    invoke(*args, "--output", on_ray, "--executor", "ray", "--workers", "2")
-    expected = records(local)
+    expected, on_ray = local_then_ray(args, tmp_path, request)
     assert len(expected) == 3 and all(len(r["passages"]) == 3 for r in expected)
-    assert_same(expected, records(on_ray))  # greedy decoding: the same answers
+    assert_same(expected, on_ray)  # greedy decoding: the same answers
 
 
 def test_ray_options_need_the_ray_executor(shared_data, tmp_path):

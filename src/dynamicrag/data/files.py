@@ -226,7 +226,6 @@ class ResumableJsonlWriter:
             raise ValueError(f"{path}: resumable output must be plain .jsonl, not gzip")
         self.fsync_every = fsync_every
         self.done = 0
-        self.done_ids: set[str] = set()
         self.ids: list[str | None] = []  # of the complete records, in file order (None: no id)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         end = self._scan() if self.path.exists() else 0
@@ -260,8 +259,6 @@ class ResumableJsonlWriter:
                 self.done += 1
                 record_id = record.get("id") if isinstance(record, dict) else None
                 self.ids.append(None if record_id is None else str(record_id))
-                if record_id is not None:
-                    self.done_ids.add(str(record_id))
         return end
 
     def write(self, record: dict[str, Any]) -> None:
@@ -277,12 +274,16 @@ class ResumableJsonlWriter:
         self._file.write(data)  # one call: a kill leaves at most a partial last line
         self._file.flush()
         self.done += 1
-        if record.get("id") is not None:
-            self.done_ids.add(str(record["id"]))
+        self.ids.append(None if record.get("id") is None else str(record["id"]))
         now = time.monotonic()
         if now - self._last_sync >= self.fsync_every:
             os.fsync(self._file.fileno())
             self._last_sync = now
+
+    @property
+    def done_ids(self) -> set[str]:
+        """The ids of the records written so far (records without one are left out)."""
+        return {i for i in self.ids if i is not None}
 
     def records(self) -> Iterator[dict[str, Any]]:
         """Every record in the file so far (the earlier run's and this one's), in order."""
