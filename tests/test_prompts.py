@@ -86,3 +86,17 @@ def test_style_with_a_wrong_placeholder_fails_at_load(tmp_path):
     assert reranker_chat(load_style(str(path)), "q", PASSAGES[:1])[1]["content"].startswith("Q: q\n[1] Hamlet")
     with pytest.raises(ValueError, match="unknown prompt style 'nope'"):
         load_style("nope")
+
+
+def test_passage_words_caps_each_passage_in_the_reranker_prompt():
+    from dynamicrag.prompts import load_style, reranker_chat
+    from dynamicrag.schema import Passage
+
+    style = load_style("default")
+    passages = [Passage(id="a", title="T", text="one two three four five"), Passage(id="b", text="six seven")]
+    capped = reranker_chat(style, "q", passages, passage_words=3)[1]["content"]
+    assert "one two three" in capped and "four" not in capped
+    assert "six seven" in capped  # shorter than the cap: unchanged
+    assert "four five" in reranker_chat(style, "q", passages)[1]["content"]
+    with pytest.raises(ValueError):
+        reranker_chat(style, "q", passages, passage_words=0)

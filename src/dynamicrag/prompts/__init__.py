@@ -123,16 +123,39 @@ def load_style(name_or_path: str = "default") -> PromptStyle:
     return parse_style(yaml.safe_load(text), source)
 
 
-def _format_passages(role: RoleTemplate, passages: list[Passage]) -> str:
+def cap_words(text: str, max_words: int | None) -> str:
+    """The first ``max_words`` whitespace-separated words of ``text`` (all of it when None).
+
+    Words rather than tokens so that a cap means the same prompt on every backend and tokenizer,
+    in training and at inference alike (an OpenAI-compatible server has no local tokenizer).
+    """
+    if max_words is None:
+        return text
+    words = text.split()
+    return text if len(words) <= max_words else " ".join(words[:max_words])
+
+
+def _format_passages(role: RoleTemplate, passages: list[Passage], max_words: int | None = None) -> str:
     return role.separator.join(
-        role.passage.format(n=i, title=p.title, text=p.text) for i, p in enumerate(passages, 1)
+        role.passage.format(n=i, title=p.title, text=cap_words(p.text, max_words)) for i, p in enumerate(passages, 1)
     )
 
 
-def reranker_chat(style: PromptStyle, query: str, passages: list[Passage]) -> Chat:
-    """The reranker's chat: system prompt, then the query and passages numbered from 1."""
+def reranker_chat(style: PromptStyle, query: str, passages: list[Passage], passage_words: int | None = None) -> Chat:
+    """The reranker's chat: system prompt, then the query and passages numbered from 1.
+
+    Args:
+        style: The prompt style.
+        query: The question.
+        passages: The candidates, shown as ``[1]``, ``[2]``, ... in this order.
+        passage_words: Show at most this many words of each passage's text (None: all). It
+            shortens the prompt (the reranker's cost is almost all prefill); a reranker must be
+            run with the cap it was trained with, which its adapter's manifest records.
+    """
+    if passage_words is not None and passage_words < 1:
+        raise ValueError(f"passage_words must be >= 1 or None, got {passage_words}")
     user = style.reranker.user.format(
-        query=query, passages=_format_passages(style.reranker, passages)
+        query=query, passages=_format_passages(style.reranker, passages, passage_words)
     )
     return [{"role": "system", "content": style.reranker.system}, {"role": "user", "content": user}]
 

@@ -37,6 +37,7 @@ def make_reranker(
     constrained: bool = False,
     scorer: str = "embedding",
     max_new_tokens: int | None = None,
+    passage_words: int | None = None,
 ) -> Any:
     """Build a reranker by name: the one place the CLI and the benchmark runner turn options
     into a reranker.
@@ -51,6 +52,7 @@ def make_reranker(
         constrained: Dynamic reranker decoding constrained to the id grammar.
         scorer: Pointwise scorer (see :func:`dynamicrag.rerank.pointwise.make_scorer`).
         max_new_tokens: Cap on an LLM reranker's output (None: the reranker's default).
+        passage_words: Dynamic reranker: words shown of each passage (None: all).
     """
     if kind not in RERANKERS:
         raise ValueError(f"unknown reranker {kind!r}; choose one of {sorted(RERANKERS)}")
@@ -70,7 +72,7 @@ def make_reranker(
         return ListwiseReranker(backend, k=k, window=window or 20, stride=stride, max_new_tokens=max_new_tokens)
     return DynamicReranker(
         backend, style or load_style("default"), window=window or 40,
-        max_new_tokens=max_new_tokens or 100, constrained=constrained,
+        max_new_tokens=max_new_tokens or 100, constrained=constrained, passage_words=passage_words,
     )
 
 

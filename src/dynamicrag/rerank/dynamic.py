@@ -34,6 +34,8 @@ class DynamicReranker:
         temperature: 0 (greedy) by default: selections are deterministic.
         constrained: Constrain decoding to the id grammar, so outputs are well-formed by
             construction (worth it for models that were not trained on the format).
+        passage_words: Show at most this many words of each passage (None: all); a trained
+            reranker needs the cap it was trained with.
 
     References:
         Sun et al., DynamicRAG: Leveraging Outputs of Large Language Model as Feedback for
@@ -46,6 +48,7 @@ class DynamicReranker:
     max_new_tokens: int = 100
     temperature: float = 0.0
     constrained: bool = False
+    passage_words: int | None = None
 
     def __post_init__(self) -> None:
         if self.window < 2:
@@ -76,7 +79,7 @@ class DynamicReranker:
                 seed=seed,
                 id_list_max=size if self.constrained else None,
             )
-            chats = [reranker_chat(self.style, jobs[j][0], jobs[j][1]) for j in members]
+            chats = [reranker_chat(self.style, jobs[j][0], jobs[j][1], self.passage_words) for j in members]
             for j, completions in zip(members, self.backend.generate(chats, params)):
                 out[j] = []
                 for c in completions:
