@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from dynamicrag.data import ResumableJsonlWriter, atomic_write_json, atomic_write_text, load_corpus, load_examples, read_jsonl
 from dynamicrag.generate import Generator
 from dynamicrag.llm import load_backend
+from dynamicrag.llm.base import Backend
 from dynamicrag.pipeline import Pipeline
 from dynamicrag.prompts import load_style
 from dynamicrag.rerank import RERANKERS, make_reranker
@@ -112,6 +113,7 @@ def run_benchmark(
     data_dir: Path,
     out_dir: Path,
     on_progress: Callable[[str, int, int], None] | None = None,
+    backend: Backend | None = None,
 ) -> dict:
     """Run every (benchmark, reranker) pair, then evaluate and compare them.
 
@@ -121,6 +123,8 @@ def run_benchmark(
         out_dir: Receives ``runs/{benchmark}/{reranker}.jsonl``, ``indexes/``, the comparison
             (``comparison.md``, ``comparison.json``) and the plots.
         on_progress: Called with (run name, done, total) after each batch.
+        backend: An LLM backend already loaded, used instead of the config's ``backend`` and
+            ``model`` (a scripted one in tests).
 
     Returns:
         The comparison: ``{"runs": {run: evaluation}, "seconds": {run: wall seconds}}``.
@@ -128,7 +132,8 @@ def run_benchmark(
     from dynamicrag.evaluate.report import evaluate_records, plot_reports, to_markdown
 
     options = {**config.backend_options, **({"base_url": config.base_url} if config.base_url else {})}
-    backend = load_backend(config.backend, model=config.model, **options)
+    if backend is None:
+        backend = load_backend(config.backend, model=config.model, **options)
     style = load_style(config.prompt_style)
     generator = Generator(backend, style, max_new_tokens=config.answer_max_tokens)
     summary: dict[str, dict] = {}
