@@ -534,6 +534,7 @@ def benchmark(
     """Run benchmarks x rerankers with one generator and write one comparison table and plots."""
     _setup_logging(verbose)
     from dynamicrag.evaluate.benchmark import default_config_path, load_config, run_benchmark
+    from dynamicrag.executors import ResumeError
 
     try:
         cfg = load_config(config or default_config_path())
@@ -550,7 +551,11 @@ def benchmark(
                 bars[run] = progress.add_task(run, total=total)
             progress.update(bars[run], completed=done)
 
-        comparison = run_benchmark(cfg, data, out, on_progress)
+        try:
+            comparison = run_benchmark(cfg, data, out, on_progress)
+        except ResumeError as err:  # a run file of other input or settings: left as it is
+            progress.stop()
+            _fail(str(err))
     typer.echo((out / "comparison.md").read_text("utf-8"))
     console.print(f"wall time {time.perf_counter() - start:.0f} s; plots: {', '.join(comparison['plots'])}")
 

@@ -66,3 +66,23 @@ def test_a_longer_limit_with_the_same_settings_resumes_after_the_records_written
     assert run_file(out).read_text().splitlines()[:2] == first
     assert [r["id"] for r in records] == ["q0", "q1", "q2", "q3"]
     assert len(backend.calls) == 2  # only the two new questions were answered
+
+
+@pytest.mark.slow
+def test_the_cli_names_the_refused_run_file_and_keeps_it(tmp_path, smollm):
+    import yaml
+    from typer.testing import CliRunner
+
+    from dynamicrag.cli import app
+
+    write_questions(tmp_path, 3)
+    run = run_file(tmp_path / "out")
+    run.parent.mkdir(parents=True)
+    run.write_text(json.dumps({"id": "other", "answer": "kept"}) + "\n")
+    (tmp_path / "bench.yaml").write_text(yaml.safe_dump(config(limit=3).model_dump(exclude_defaults=True)))
+    result = CliRunner().invoke(app, ["benchmark", "--data", str(tmp_path), "--out", str(tmp_path / "out"),
+                                      "--config", str(tmp_path / "bench.yaml")])
+    assert result.exit_code == 2, result.output
+    message = "top.jsonl, line 1: record id 'other', but input record 1 of this run is 'q0'"
+    assert "".join(message.split()) in "".join(result.output.split())  # rich wraps the long path anywhere
+    assert run.read_text() == json.dumps({"id": "other", "answer": "kept"}) + "\n"

@@ -17,6 +17,9 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 import time
 from collections import defaultdict
@@ -144,17 +147,19 @@ def _retriever(spec: BenchmarkSpec, data_dir: Path, out_dir: Path):
 ANSWER_CACHE = "answer_cache.jsonl"
 
 
-def _run_settings(bench: BenchmarkSpec, spec: RerankerSpec, prompt_style: str, generator: dict) -> dict:
+def _run_settings(bench: BenchmarkSpec, spec: RerankerSpec, style_name: str, style, generator: dict) -> dict:
     """What decides a run's records; a run file written with other settings is not resumed.
 
     ``limit`` is left out (a longer run extends a shorter one: the ids check guards the
     order), and so are fields left at their defaults, so that a field added to the config
-    later does not orphan the runs already written.
+    later does not orphan the runs already written. The prompt style counts by its content
+    (an edited prompt file is another style).
     """
+    style_text = json.dumps(dataclasses.asdict(style), sort_keys=True, ensure_ascii=False)
     return {
         "benchmark": bench.model_dump(exclude_defaults=True, exclude={"limit"}),
         "reranker": spec.model_dump(exclude_defaults=True),
-        "prompt_style": prompt_style,
+        "prompt_style": {"name": style_name, "sha256": hashlib.sha256(style_text.encode("utf-8")).hexdigest()[:16]},
         "generator": generator,
     }
 
@@ -258,7 +263,7 @@ def run_benchmark(
                 run_resumable(
                     examples, path, config.batch_size,
                     _batch_factory(spec, bench, backend, style, generator, retriever, retrieve),
-                    settings=_run_settings(bench, spec, config.prompt_style, generator.fingerprint),
+                    settings=_run_settings(bench, spec, config.prompt_style, style, generator.fingerprint),
                     on_progress=(lambda done, total, run=run: on_progress(run, done, total)) if on_progress else None,
                 )
                 seconds[run] = time.perf_counter() - start
