@@ -37,6 +37,9 @@ class RerankerKind(str, Enum):
     topk = "topk"
     pointwise = "pointwise"
     listwise = "listwise"
+    adaptive_k = "adaptive-k"  # training-free dynamic k: the largest score gap (dynamicrag.rerank.cutoff)
+    threshold = "threshold"  # training-free dynamic k: a score threshold / drop from the top score
+    gold = "gold"  # the passages the data marks gold: a ceiling
 
 
 class ExecutorKind(str, Enum):  # dynamicrag.executors.EXECUTORS
@@ -153,39 +156,26 @@ def _executor(kind: ExecutorKind, address: str | None, workers: int, worker_gpus
 
 
 def _run_resumable(stage: str, items: list, output: Path, batch_size: int, fn_factory, executor) -> int:
-    """Run the stage's batch function (``fn_factory()``, built where the batches run) over the
-    items not yet in ``output`` on ``executor``, appending the records in input order with a
-    progress bar; a killed run, local or on Ray, resumes after the records already written.
+    """:func:`dynamicrag.executors.run_resumable` with a progress bar; an output of other
+    input is an error. Returns how many items this run processed."""
+    from dynamicrag.executors import ResumeError, run_resumable
 
-    Returns:
-        How many items this run processed.
-    """
-    from dynamicrag.data import ResumableJsonlWriter
+    with Progress(TextColumn(stage), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console) as progress:
+        bar = None
 
-    with executor, ResumableJsonlWriter(output) as writer:
-        _check_resumed_ids(items, writer, output)
-        todo = items[writer.done :]
-        if writer.done:
-            console.print(f"resuming: {writer.done} of {len(items)} records already in {output}")
-        with Progress(
-            TextColumn(stage), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
-        ) as progress:
-            bar = progress.add_task(stage, total=len(items), completed=writer.done)
-            for records in executor.map_batches(fn_factory, todo, batch_size):
-                for record in records:
-                    writer.write(record)
-                progress.advance(bar, len(records))
-    return len(todo)
+        def show(done: int, total: int) -> None:
+            nonlocal bar
+            if bar is None:
+                if done:
+                    progress.console.print(f"resuming: {done} of {total} records already in {output}")
+                bar = progress.add_task(stage, total=total, completed=done)
+            progress.update(bar, completed=done)
 
-
-def _check_resumed_ids(items: list, writer, output: Path) -> None:
-    """Resuming is by position: the records already written must be those of the first items,
-    or the new records would be appended to another input's (a changed file, another --skip)."""
-    for line, (written, item) in enumerate(zip(writer.ids, items), 1):
-        want = item.get("id") if isinstance(item, dict) else getattr(item, "id", None)
-        if written is not None and want is not None and written != str(want):
-            _fail(f"{output}, line {line}: record id {written!r}, but input record {line} of this run is {want!r}: "
-                  "the output was written from other input (or another --skip); choose another --output")
+        try:
+            return run_resumable(items, output, batch_size, fn_factory, executor, on_progress=show)
+        except ResumeError as err:
+            progress.stop()
+            _fail(str(err))
 
 
 # The stages' batch functions are built by these factories where the batches run: in this
@@ -356,8 +346,11 @@ def infer(
     window: Optional[int] = typer.Option(None, "--window", help="Passages per reranker call (dynamic: 40, listwise: 20)"),
     reranker: RerankerKind = typer.Option(RerankerKind.dynamic, "--reranker"),
     k: int = typer.Option(5, "--k", help="Passages kept by --reranker topk|pointwise|listwise"),
-    scorer: str = typer.Option("embedding", "--scorer", help="Pointwise scorer: embedding | monot5:MODEL | cross-encoder:MODEL | causal:[MODEL]"),
+    scorer: str = typer.Option("embedding", "--scorer", help="Scorer of pointwise | adaptive-k | threshold: embedding | monot5:MODEL | cross-encoder:MODEL | causal:[MODEL] | retriever (the index's scores)"),
     stride: int = typer.Option(10, "--stride", help="Listwise sliding-window step"),
+    buffer: int = typer.Option(0, "--buffer", min=0, help="--reranker adaptive-k: extra passages kept below the largest score gap"),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="--reranker threshold: lowest --scorer score kept"),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", min=0.0, help="--reranker threshold: largest drop from the top score kept, as a share of it (0.2: within 20 %)"),
     task: Optional[str] = typer.Option(None, "--task", help="Task of every example (default: detected)"),
     limit: Optional[int] = LimitOpt,
     skip: int = SkipOpt,
@@ -389,10 +382,13 @@ def infer(
         _fail("--retrieve needs --index")
     if index_dir is None and any(not ex.passages for ex in examples) and reranker is not RerankerKind.none:
         console.print("[yellow]warning:[/yellow] some examples have no passages and no --index was given")
+    if reranker is RerankerKind.threshold and threshold is None and max_drop is None:
+        _fail("--reranker threshold needs --threshold, --max-drop or both")
     infer_fn = partial(
         _infer_fn, _backend_spec(backend, model, base_url, backend_options), _index_path(index_dir), retrieve,
         style=prompt_style, reranker=reranker, top_n=top_n, answer_tokens=answer_tokens,
         k=k, window=window, stride=stride, constrained=constrained, scorer=scorer, max_new_tokens=reranker_tokens,
+        buffer=buffer, threshold=threshold, max_drop=max_drop,
     )
 
     start = time.perf_counter()
@@ -538,6 +534,7 @@ def benchmark(
     """Run benchmarks x rerankers with one generator and write one comparison table and plots."""
     _setup_logging(verbose)
     from dynamicrag.evaluate.benchmark import default_config_path, load_config, run_benchmark
+    from dynamicrag.executors import ResumeError
 
     try:
         cfg = load_config(config or default_config_path())
@@ -554,7 +551,11 @@ def benchmark(
                 bars[run] = progress.add_task(run, total=total)
             progress.update(bars[run], completed=done)
 
-        comparison = run_benchmark(cfg, data, out, on_progress)
+        try:
+            comparison = run_benchmark(cfg, data, out, on_progress)
+        except ResumeError as err:  # a run file of other input or settings: left as it is
+            progress.stop()
+            _fail(str(err))
     typer.echo((out / "comparison.md").read_text("utf-8"))
     console.print(f"wall time {time.perf_counter() - start:.0f} s; plots: {', '.join(comparison['plots'])}")
 
