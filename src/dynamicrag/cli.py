@@ -142,6 +142,13 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _print_table(table: Table) -> None:
+    """Every summary table goes through here: rich where it fits, else markdown (never cut)."""
+    from dynamicrag.console_tables import print_table
+
+    print_table(table, console)
+
+
 def _executor(kind: ExecutorKind, address: str | None, workers: int, worker_gpus: float):
     from dynamicrag.executors import make_executor
 
@@ -417,7 +424,7 @@ def _print_summary(output: Path, ran: int, elapsed: float) -> None:
         str(len(records)), str(len(answered)), str(len(failed)), str(malformed), f"{mean_k:.2f}",
         f"{elapsed / ran:.2f}" if ran else "-",
     )
-    console.print(table)
+    _print_table(table)
 
 
 def default_corpus() -> Path:
@@ -503,7 +510,7 @@ def ask(
     for rank, i in enumerate(record["selected"], 1):
         p = record["passages"][i - 1]
         table.add_row(str(rank), p["title"], p["text"][:120] + ("..." if len(p["text"]) > 120 else ""))
-    console.print(table)
+    _print_table(table)
     console.print(f"reranker output: {record['reranker_output']!r}")
 
 
@@ -523,7 +530,7 @@ def evaluate(
         summary = evaluate_command(results, by, out)
     except (DataError, ValueError) as err:
         _fail(str(err))
-    console.print(render_table(summary))
+    _print_table(render_table(summary))
     console.print(f"wrote {out / 'evaluation.json'}, {out / 'evaluation.md'} and the plots in {out}")
 
 
@@ -617,7 +624,7 @@ def label(
         str(sum(r["extra"].get("label_rule") == "teacher" for r in records)),
         f"{elapsed / ran:.2f}" if ran else "-",
     )
-    console.print(table)
+    _print_table(table)
 
 
 @app.command("prepare")
@@ -652,7 +659,7 @@ def prepare_cmd(
         str(stats["reranker_records"]), str(stats["generator_records"]), str(stats["none_targets"]),
         f"{stats['mean_k']:.2f}", " ".join(f"{k}:{n}" for k, n in stats["k_distribution"].items()),
     )
-    console.print(table)
+    _print_table(table)
 
 
 @app.command()
@@ -717,7 +724,7 @@ def sample(
         f"{sum(distinct) / max(len(distinct), 1):.2f}",
         f"{elapsed / ran:.1f}" if ran else "-",
     )
-    console.print(table)
+    _print_table(table)
 
 
 @app.command()
@@ -772,7 +779,7 @@ def reward(
         str(len(scored)), str(len(rewards)), mean("total"), mean("em"), mean("semantic"), mean("rouge_l"),
         mean("length"), mean("judge"), str(sum(r.get("judge_error") is not None for r in rewards)),
     )
-    console.print(table)
+    _print_table(table)
 
 
 @app.command()
@@ -801,7 +808,7 @@ def pairs(
         ", ".join(f"{k} {v}" for k, v in stats["generator_skipped"].items()) or "-",
         f"{stats['mean_reranker_reward_gap']:.3f}",
     )
-    console.print(table)
+    _print_table(table)
 
 
 def _serve_help(name: str) -> str:
