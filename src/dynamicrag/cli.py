@@ -145,6 +145,13 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _print_table(table: Table) -> None:
+    """Every summary table goes through here: rich where it fits, else markdown (never cut)."""
+    from dynamicrag.console_tables import print_table
+
+    print_table(table, console)
+
+
 def _executor(kind: ExecutorKind, address: str | None, workers: int, worker_gpus: float):
     from dynamicrag.executors import make_executor
 
@@ -413,7 +420,7 @@ def _print_summary(output: Path, ran: int, elapsed: float) -> None:
         str(len(records)), str(len(answered)), str(len(failed)), str(malformed), f"{mean_k:.2f}",
         f"{elapsed / ran:.2f}" if ran else "-",
     )
-    console.print(table)
+    _print_table(table)
 
 
 def default_corpus() -> Path:
@@ -499,28 +506,91 @@ def ask(
     for rank, i in enumerate(record["selected"], 1):
         p = record["passages"][i - 1]
         table.add_row(str(rank), p["title"], p["text"][:120] + ("..." if len(p["text"]) > 120 else ""))
-    console.print(table)
+    _print_table(table)
     console.print(f"reranker output: {record['reranker_output']!r}")
 
 
 @app.command()
 def evaluate(
-    results: list[Path] = typer.Argument(..., exists=True, dir_okay=False, help="infer output JSONL files, one per run"),
+    results: Optional[list[Path]] = typer.Argument(None, exists=True, dir_okay=False, help="infer output JSONL files, one per run"),
     by: Optional[str] = typer.Option(None, "--by", help="Record field to group by, e.g. task"),
-    out: Path = typer.Option(Path("evaluation"), "--out", help="Folder for evaluation.json, evaluation.md and the plots"),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Folder for evaluation.json/.md, the plots, paired_comparison.* and diff.* (default: evaluation; with --diff alone, only printed)"
+    ),
+    baseline: Optional[Path] = typer.Option(
+        None, "--baseline", exists=True, dir_okay=False,
+        help="Compare every RUN with this run, paired by question id: difference, bootstrap CI, p (Holm), wins/ties/losses",
+    ),
+    diff: Optional[tuple[Path, Path]] = typer.Option(
+        None, "--diff", exists=True, dir_okay=False,
+        help="Two runs A B: list the questions A gets right and B wrong, and the reverse, with answers and selections",
+    ),
+    metrics: Optional[list[str]] = typer.Option(
+        None, "--metric", help="Answer metric of --baseline (repeatable; default: all the task reports) and --diff (one; default: the task's main, match for open QA)"
+    ),
+    qrels: Optional[Path] = typer.Option(
+        None, "--qrels", exists=True, dir_okay=False, help="TREC qrels (query_id 0 doc_id relevance) for the reranker metrics; query ids = record ids, doc ids = passage ids"
+    ),
+    resamples: int = typer.Option(2000, "--resamples", min=2000, help="Bootstrap resamples and permutations of --baseline"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the resampling"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Score infer outputs: answer and reranker metrics, k statistics, plots (failed records count as wrong)."""
+    """Score infer outputs: answer and reranker metrics, k statistics, plots (failed records count as wrong).
+
+    With --baseline, each run is compared with it question by question; with --diff A B, the
+    questions the two runs disagree on are listed (printed, and written to --out when given).
+    """
     _setup_logging(verbose)
     from dynamicrag.data import DataError
-    from dynamicrag.evaluate.report import evaluate_command, render_table
+
+    diff_paths = [p for p in diff or () if p is not None]
+    if not results and not diff_paths:
+        _fail("give RUN files to evaluate, or --diff A B")
+    if baseline is not None and not results:
+        _fail("--baseline compares the RUN files with it: give at least one RUN")
+    if diff_paths and metrics and len(metrics) > 1:
+        _fail(f"--diff compares one metric, got --metric {' '.join(metrics)}")
+    if results:
+        from dynamicrag.evaluate.report import evaluate_report, render_table
+
+        folder = out or Path("evaluation")
+        try:
+            report = evaluate_report(
+                results, by, folder, qrels=qrels, baseline=baseline, metrics=metrics, resamples=resamples, seed=seed
+            )
+        except (DataError, ValueError) as err:
+            _fail(str(err))
+        _print_table(render_table(report.summary))
+        if report.comparison is not None:
+            from dynamicrag.evaluate.compare import LEFT_COLUMNS, comparison_rows
+
+            headers, rows = comparison_rows(report.comparison)
+            table = Table(title=f"paired comparison against {report.comparison['baseline']} (matched by question id)")
+            for header in headers:
+                table.add_column(header, justify="left" if header in LEFT_COLUMNS else "right")
+            for row in rows:
+                table.add_row(*row)
+            _print_table(table)
+        console.print(f"wrote {', '.join(p.name for p in report.files)} in {folder}")
+    if diff_paths:
+        _print_diff(diff_paths, metrics[0] if metrics else None, out)
+
+
+def _print_diff(paths: list[Path], metric: str | None, out: Path | None) -> None:
+    from dynamicrag.data import DataError
+    from dynamicrag.evaluate.compare import MAIN, diff_markdown, diff_runs, write_diff
+    from dynamicrag.evaluate.report import load_runs
 
     try:
-        summary = evaluate_command(results, by, out)
+        runs = load_runs(paths)
+        (a_name, a), (b_name, b) = runs.items()
+        result = diff_runs(a, b, metric or MAIN, a_name=a_name, b_name=b_name)
     except (DataError, ValueError) as err:
         _fail(str(err))
-    console.print(render_table(summary))
-    console.print(f"wrote {out / 'evaluation.json'}, {out / 'evaluation.md'} and the plots in {out}")
+    typer.echo(diff_markdown(result))
+    if out is not None:
+        written = write_diff(result, out)
+        console.print(f"wrote {', '.join(p.name for p in written)} in {out}")
 
 
 @app.command()
@@ -618,7 +688,7 @@ def label(
         str(sum(r["extra"].get("label_rule") == "teacher" for r in records)),
         f"{elapsed / ran:.2f}" if ran else "-",
     )
-    console.print(table)
+    _print_table(table)
 
 
 @app.command("prepare")
@@ -653,7 +723,7 @@ def prepare_cmd(
         str(stats["reranker_records"]), str(stats["generator_records"]), str(stats["none_targets"]),
         f"{stats['mean_k']:.2f}", " ".join(f"{k}:{n}" for k, n in stats["k_distribution"].items()),
     )
-    console.print(table)
+    _print_table(table)
 
 
 @app.command()
@@ -718,7 +788,7 @@ def sample(
         f"{sum(distinct) / max(len(distinct), 1):.2f}",
         f"{elapsed / ran:.1f}" if ran else "-",
     )
-    console.print(table)
+    _print_table(table)
 
 
 @app.command()
@@ -773,7 +843,7 @@ def reward(
         str(len(scored)), str(len(rewards)), mean("total"), mean("em"), mean("semantic"), mean("rouge_l"),
         mean("length"), mean("judge"), str(sum(r.get("judge_error") is not None for r in rewards)),
     )
-    console.print(table)
+    _print_table(table)
 
 
 @app.command()
@@ -802,7 +872,7 @@ def pairs(
         ", ".join(f"{k} {v}" for k, v in stats["generator_skipped"].items()) or "-",
         f"{stats['mean_reranker_reward_gap']:.3f}",
     )
-    console.print(table)
+    _print_table(table)
 
 
 def _serve_help(name: str) -> str:
