@@ -1,7 +1,11 @@
 """Benchmarks x rerankers in one harness with one generator: the paper's comparison tables.
 
 A small YAML config names the benchmarks (file, task, metrics, own passages or a corpus to
-retrieve from) and the rerankers (the dynamic one and the baselines). Every (benchmark,
+retrieve from) and the rerankers (the dynamic one and the baselines). ``backend``, ``model``,
+``base_url``, ``backend_options`` and ``prompt_style`` describe both roles; a ``reranker:`` or
+``generator:`` section gives one role its own (:class:`~dynamicrag.build.RoleOptions`: backend,
+model, adapter, base_url, backend_options, prompt_style), and a reranker row may name its own
+``adapter`` (e.g. ``none`` for the base model next to the shipped adapter). Every (benchmark,
 reranker) run is an ordinary ``infer`` output file, written resumably, so an interrupted
 benchmark picks up where it stopped; the comparison table and plots are drawn from those files.
 
@@ -22,12 +26,9 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from dynamicrag.build import PipelineConfig, RoleOptions, build_pipeline, resolve_config, role_configs
 from dynamicrag.data import ResumableJsonlWriter, atomic_write_json, atomic_write_text, load_corpus, load_examples, read_jsonl
-from dynamicrag.generate import Generator
-from dynamicrag.llm import load_backend
-from dynamicrag.pipeline import Pipeline
-from dynamicrag.prompts import load_style
-from dynamicrag.rerank import RERANKERS, make_reranker
+from dynamicrag.rerank import RERANKERS
 from dynamicrag.retrieve import build_index, load_index
 
 logger = logging.getLogger(__name__)
@@ -60,9 +61,11 @@ class RerankerSpec(BaseModel):
     k: int = 5
     window: int | None = None
     stride: int = 10
-    constrained: bool = False
+    constrained: bool | None = Field(None, description="Default: the reranker adapter's, else free")
     scorer: str = "embedding"
     max_new_tokens: int | None = None
+    passage_words: int | None = Field(None, ge=0, description="Default: the reranker adapter's, else all (0)")
+    adapter: str | None = Field(None, description="This row's reranker adapter (default: the reranker role's)")
 
     def model_post_init(self, _context) -> None:
         if self.kind not in RERANKERS:
@@ -76,11 +79,29 @@ class BenchmarkConfig(BaseModel):
     model: str | None = None
     base_url: str | None = None
     backend_options: dict = Field(default_factory=dict, description="Passed to the backend (batch_size, ...)")
-    prompt_style: str = "default"
+    prompt_style: str | None = Field(None, description="Default: the reranker adapter's, else default")
+    reranker: RoleOptions | None = Field(None, description="The reranker role's own model, adapter, backend")
+    generator: RoleOptions | None = Field(None, description="The generator role's own model, adapter, backend")
     answer_max_tokens: int = Field(200, ge=1, description="Generator cap (paper: 200)")
     batch_size: int = Field(8, ge=1)
     benchmarks: list[BenchmarkSpec]
     rerankers: list[RerankerSpec]
+
+    def pipeline_config(self, spec: RerankerSpec, bench: BenchmarkSpec) -> PipelineConfig:
+        """The pipeline of one (benchmark, reranker) run, resolved (adapters found and checked)."""
+        reranker = self.reranker.model_dump(exclude_none=True) if self.reranker else {}
+        if spec.adapter is not None:
+            reranker["adapter"] = spec.adapter
+        roles = role_configs(
+            backend=self.backend, model=self.model, base_url=self.base_url, backend_options=self.backend_options,
+            prompt_style=self.prompt_style, reranker=reranker, generator=self.generator,
+        )
+        config = PipelineConfig(
+            **roles, kind=spec.kind, k=spec.k, window=spec.window, stride=spec.stride, scorer=spec.scorer,
+            constrained=spec.constrained, passage_words=spec.passage_words, reranker_max_tokens=spec.max_new_tokens,
+            answer_max_tokens=self.answer_max_tokens, top_n=bench.top_n, retrieve=bench.passages == "corpus",
+        )
+        return resolve_config(config)
 
 
 def default_config_path() -> Path:
@@ -127,13 +148,12 @@ def run_benchmark(
     """
     from dynamicrag.evaluate.report import evaluate_records, plot_reports, to_markdown
 
-    options = {**config.backend_options, **({"base_url": config.base_url} if config.base_url else {})}
-    backend = load_backend(config.backend, model=config.model, **options)
-    style = load_style(config.prompt_style)
-    generator = Generator(backend, style, max_new_tokens=config.answer_max_tokens)
+    # Resolved up front: a bad adapter or option fails before the first run starts.
+    pipelines = {(b.name, r.name): config.pipeline_config(r, b) for b in config.benchmarks for r in config.rerankers}
     summary: dict[str, dict] = {}
     records_by_run: dict[str, list[dict]] = {}
     seconds: dict[str, float] = {}
+    settings: dict[str, dict] = {}
     for bench in config.benchmarks:
         examples = load_examples(data_dir / bench.file, task=bench.task, limit=bench.limit, skip=bench.skip)
         # From a corpus, every example retrieves; its own gold passage, if any, marks the retrieved ones.
@@ -141,9 +161,9 @@ def run_benchmark(
         retriever = _retriever(bench, data_dir, out_dir) if retrieve else None
         for spec in config.rerankers:
             run = f"{bench.name}/{spec.name}"
-            options = spec.model_dump(exclude={"name", "kind"})
-            reranker = make_reranker(spec.kind, backend, style, **options)
-            pipeline = Pipeline(reranker, generator, retriever, bench.top_n, retrieve=retrieve)
+            # Backends are loaded once per process (load_backend): rows share the loaded models.
+            pipeline = build_pipeline(pipelines[(bench.name, spec.name)], retriever)
+            settings[run] = pipeline.settings
             path = out_dir / "runs" / bench.name / f"{spec.name}.jsonl"
             start = time.perf_counter()
             with ResumableJsonlWriter(path) as writer:
@@ -161,7 +181,7 @@ def run_benchmark(
             summary[run] = evaluate_records(records)
             logger.info("%s: %d records in %.0f s", run, len(records), seconds[run])
 
-    comparison = {"runs": summary, "seconds": seconds}
+    comparison = {"runs": summary, "seconds": seconds, "settings": settings}
     atomic_write_json(out_dir / "comparison.json", comparison)
     atomic_write_text(out_dir / "comparison.md", to_markdown(summary))
     comparison["plots"] = [str(p) for p in plot_reports(summary, records_by_run, out_dir)]
