@@ -151,3 +151,22 @@ def test_the_generator_runs_on_an_openai_endpoint_while_the_reranker_runs_here(h
         titles = [r["passages"][i - 1]["title"] for i in r["selected"]]
         assert r["answer"] == ("|".join(titles) or "no passages")
     assert len(remote.calls) == 2 and all("document identifiers" not in c[0]["content"] for c in remote.calls)
+
+
+@pytest.mark.slow
+def test_serve_builds_its_roles_with_the_one_builder(monkeypatch, smollm, tiny_adapter):
+    from fastapi.testclient import TestClient
+
+    import dynamicrag.serve.app as serve_app
+
+    monkeypatch.setattr(adapters, "shipped_adapters", lambda: {"tiny-reranker": tiny_adapter})
+    served = {}
+    monkeypatch.setattr(serve_app.uvicorn, "run", lambda app, **kw: served.update(app=app, **kw))
+    result = ok("serve", "--port", "8123")
+    assert f"reranker: adapter {tiny_adapter}" in flat(result) and served["port"] == 8123
+    docs = [{"id": "paris", "text": "Paris is the capital of France."}, {"id": "nile", "text": "The Nile is a river."}]
+    with TestClient(served["app"]) as client:
+        out = client.post("/v1/rerank", json={"query": "capital of France?", "passages": docs}).json()
+        health = client.get("/health").json()
+    assert out["well_formed"] and out["error"] is None  # the manifest asks for constrained decoding
+    assert health["ok"] and health["model"].endswith(smollm.model.rsplit("/", 1)[-1])
