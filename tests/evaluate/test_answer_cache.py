@@ -64,3 +64,18 @@ def test_a_local_checkpoint_that_changes_is_another_model(tmp_path):
     (model / "model.safetensors").write_bytes(b"1" * 12)  # retrained in place
     assert generator_fingerprint(backend, 8) != before
     assert generator_fingerprint(ScriptedBackend(), 8)["model_files"] is None  # a name, not a path
+
+
+def test_a_generator_adapter_and_its_files_are_part_of_the_fingerprint(tmp_path):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_model.safetensors").write_bytes(b"0" * 4)
+    backend = ScriptedBackend()
+    base = generator_fingerprint(backend, 8)
+    assert "adapter" not in base  # caches written before adapters existed keep their keys
+    backend.adapter = str(adapter)  # as TransformersBackend(adapter=...) holds it
+    tuned = generator_fingerprint(backend, 8)
+    assert tuned["adapter"] == str(adapter) and tuned != base
+    assert generator_fingerprint(ScriptedBackend(), 8, adapter=str(adapter)) == tuned  # or named by the caller
+    (adapter / "adapter_model.safetensors").write_bytes(b"1" * 6)  # retrained in place
+    assert generator_fingerprint(backend, 8) != tuned

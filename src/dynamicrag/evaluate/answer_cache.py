@@ -4,10 +4,11 @@ The benchmark's rows ask the same generator the same prompts again and again: th
 of a question is also the oracle-k prompt for k = 1, a single-passage oracle prompt, and often
 the gold prompt. The cache answers each prompt once and reuses it across rows and reruns.
 
-The key is a hash of the generator's fingerprint (backend, model and its files, decoding
-settings, backend options) and the exact chat sent to it, so a change of any generator setting
-never reuses an answer made under another. Entries go to an append-only JSONL file (one line
-per answer, flushed as written); a run killed mid-write loses at most the partial last line.
+The key is a hash of the generator's fingerprint (backend, model and its files, LoRA adapter
+and its files, decoding settings, backend options) and the exact chat sent to it, so a change
+of any generator setting never reuses an answer made under another. Entries go to an
+append-only JSONL file (one line per answer, flushed as written); a run killed mid-write loses
+at most the partial last line.
 
 Example:
     >>> cache = AnswerCache(out_dir / "answer_cache.jsonl")  # doctest: +SKIP
@@ -33,7 +34,7 @@ from dynamicrag.schema import Example, Selection
 logger = logging.getLogger(__name__)
 
 
-def _files(model: str) -> list[list[Any]] | None:
+def local_files(model: str) -> list[list[Any]] | None:
     """(relative path, size, mtime_ns) of a local checkpoint's files; None for a hub id or a
     server's model name. A retrained, copied or re-converted checkpoint counts as another model."""
     path = Path(model)
@@ -44,29 +45,40 @@ def _files(model: str) -> list[list[Any]] | None:
 
 
 def generator_fingerprint(
-    backend: Backend, max_new_tokens: int, temperature: float = 0.0, options: Mapping[str, Any] | None = None
+    backend: Backend,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    options: Mapping[str, Any] | None = None,
+    adapter: str | None = None,
 ) -> dict[str, Any]:
     """What, besides the prompt, decides a generator's answer.
 
     Args:
-        backend: The generator's backend (its ``name`` and ``model``).
+        backend: The generator's backend (its ``name``, ``model`` and LoRA ``adapter`` folder,
+            if it runs one).
         max_new_tokens: The answer cap.
         temperature: Sampling temperature (0: greedy).
         options: Backend options (``base_url``, ``batch_size``, ...).
+        adapter: The LoRA adapter folder the generator runs (default: the backend's ``adapter``).
 
     Returns:
         A JSON-serialisable dict: backend, model, the model's local files (see above), decoding
-        settings and options.
+        settings and options; with an adapter, also its folder and files (left out without
+        one, so that caches and run settings written before adapters existed stay valid).
     """
     model = str(getattr(backend, "model", ""))
-    return {
+    out = {
         "backend": getattr(backend, "name", type(backend).__name__),
         "model": model,
-        "model_files": _files(model),
+        "model_files": local_files(model),
         "max_new_tokens": max_new_tokens,
         "temperature": temperature,
         "options": dict(sorted((options or {}).items())),
     }
+    adapter = adapter or getattr(backend, "adapter", None)
+    if adapter:
+        out.update(adapter=str(adapter), adapter_files=local_files(str(adapter)))
+    return out
 
 
 def _digest(obj: Any) -> str:
@@ -126,6 +138,8 @@ class CachedGenerator(Generator):
         cache: Where answers are kept (may be shared by generators of other settings: the
             keys differ).
         backend_options: Backend options, part of the fingerprint.
+        adapter: The LoRA adapter folder the generator role runs, part of the fingerprint
+            (default: the backend's ``adapter``).
 
     Attributes:
         log: ``(example id, generated)`` per answer given, in order: ``generated`` is False
@@ -134,12 +148,15 @@ class CachedGenerator(Generator):
 
     cache: AnswerCache | None = None
     backend_options: Mapping[str, Any] = field(default_factory=dict)
+    adapter: str | None = None
     log: list[tuple[str, bool]] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.cache is None:
             raise ValueError("CachedGenerator needs a cache")
-        self.fingerprint = generator_fingerprint(self.backend, self.max_new_tokens, self.temperature, self.backend_options)
+        self.fingerprint = generator_fingerprint(
+            self.backend, self.max_new_tokens, self.temperature, self.backend_options, self.adapter
+        )
         self._fingerprint_digest = _digest(self.fingerprint)
 
     def key(self, chat: Chat) -> str:
@@ -174,4 +191,4 @@ class CachedGenerator(Generator):
         return log
 
 
-__all__ = ["AnswerCache", "CachedGenerator", "generator_fingerprint"]
+__all__ = ["AnswerCache", "CachedGenerator", "generator_fingerprint", "local_files"]

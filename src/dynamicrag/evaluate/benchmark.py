@@ -4,11 +4,17 @@ A small YAML config names the benchmarks (file, task, metrics, own passages or a
 retrieve from) and the rows: the dynamic reranker, the baselines (fixed k, pointwise,
 listwise, the training-free dynamic-k cuts ``adaptive-k`` and ``threshold``) and the ceilings
 (``gold``: the passages marked gold; ``oracle-k`` and ``oracle-single``, see
-:mod:`dynamicrag.evaluate.ceilings`). Every (benchmark, row) run is an ordinary ``infer``
-output file, written resumably through the CLI stages' runner, so an interrupted benchmark
-picks up where it stopped; generator answers are cached across rows and reruns; the
-comparison table, its notes (oracle needs, generator calls per row) and the plots are drawn
-from those files.
+:mod:`dynamicrag.evaluate.ceilings`). ``backend``, ``model``, ``base_url``, ``backend_options``
+and ``prompt_style`` describe both roles; a ``reranker:`` or ``generator:`` section gives one
+role its own (:class:`~dynamicrag.build.RoleOptions`: backend, model, adapter, base_url,
+backend_options, prompt_style), and a row may name its own reranker ``adapter`` (e.g. ``none``
+for the base model next to the shipped adapter). Every row's pipeline is built by
+:mod:`dynamicrag.build`, as ``infer`` builds it.
+
+Every (benchmark, row) run is an ordinary ``infer`` output file, written resumably through the
+CLI stages' runner, so an interrupted benchmark picks up where it stopped; generator answers
+are cached across rows and reruns; the comparison table, its notes (oracle needs, generator
+calls per row) and the plots are drawn from those files.
 
 Example:
     >>> config = load_config("benchmark.yaml")  # doctest: +SKIP
@@ -31,15 +37,18 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from dynamicrag.build import (
+    LLM_RERANKERS, NONE, PipelineConfig, RoleOptions, build_pipeline, resolve_config, role_backend, role_configs,
+    role_settings,
+)
 from dynamicrag.data import atomic_write_json, atomic_write_text, load_corpus, load_examples, read_jsonl
-from dynamicrag.evaluate.answer_cache import AnswerCache, CachedGenerator
+from dynamicrag.evaluate.answer_cache import AnswerCache, CachedGenerator, local_files
 from dynamicrag.evaluate.ceilings import ORACLES, Oracle, oracle_summary
 from dynamicrag.executors import run_resumable
-from dynamicrag.llm import load_backend
 from dynamicrag.llm.base import Backend
-from dynamicrag.pipeline import Pipeline, with_passages
+from dynamicrag.pipeline import with_passages
 from dynamicrag.prompts import load_style
-from dynamicrag.rerank import RERANKERS, make_reranker
+from dynamicrag.rerank import RERANKERS
 from dynamicrag.retrieve import build_index, load_index
 
 logger = logging.getLogger(__name__)
@@ -77,7 +86,7 @@ class RerankerSpec(BaseModel):
     k: int = 5
     window: int | None = None
     stride: int = 10
-    constrained: bool = False
+    constrained: bool | None = Field(None, description="Default: the reranker adapter's, else free")
     scorer: str = "embedding"
     max_new_tokens: int | None = None
     buffer: int = Field(0, ge=0, description="adaptive-k: extra passages below the largest score gap")
@@ -87,16 +96,14 @@ class RerankerSpec(BaseModel):
         False, description="Read each example's own passages, not the retrieved ones (e.g. gold on a corpus benchmark)"
     )
     benchmarks: list[str] | None = Field(None, description="Run on these benchmarks only (default: all)")
+    passage_words: int | None = Field(None, ge=0, description="Default: the reranker adapter's, else all (0)")
+    adapter: str | None = Field(None, description="This row's reranker adapter (default: the reranker role's)")
 
     def model_post_init(self, _context) -> None:
         if self.kind not in RERANKERS + ORACLES:
             raise ValueError(f"reranker {self.name!r}: kind {self.kind!r} is not one of {sorted(RERANKERS + ORACLES)}")
         if self.kind == "threshold" and self.threshold is None and self.max_drop is None:
             raise ValueError(f"reranker {self.name!r}: kind threshold needs threshold, max_drop or both")
-
-    def reranker_options(self) -> dict:
-        """The keyword arguments of ``make_reranker``."""
-        return self.model_dump(exclude={"name", "kind", "own_passages", "benchmarks"})
 
 
 class BenchmarkConfig(BaseModel):
@@ -106,7 +113,9 @@ class BenchmarkConfig(BaseModel):
     model: str | None = None
     base_url: str | None = None
     backend_options: dict = Field(default_factory=dict, description="Passed to the backend (batch_size, ...)")
-    prompt_style: str = "default"
+    prompt_style: str | None = Field(None, description="Default: the reranker adapter's, else default")
+    reranker: RoleOptions | None = Field(None, description="The reranker role's own model, adapter, backend")
+    generator: RoleOptions | None = Field(None, description="The generator role's own model, adapter, backend")
     answer_max_tokens: int = Field(200, ge=1, description="Generator cap (paper: 200)")
     batch_size: int = Field(8, ge=1)
     benchmarks: list[BenchmarkSpec]
@@ -118,6 +127,34 @@ class BenchmarkConfig(BaseModel):
             unknown = sorted(set(spec.benchmarks or ()) - names)
             if unknown:
                 raise ValueError(f"reranker {spec.name!r}: benchmarks {unknown} are not in the config ({sorted(names)})")
+
+    def runs(self) -> list[tuple[BenchmarkSpec, RerankerSpec]]:
+        """The (benchmark, row) pairs to run, in config order (a row's ``benchmarks`` filter applied)."""
+        return [(b, r) for b in self.benchmarks for r in self.rerankers if r.benchmarks is None or b.name in r.benchmarks]
+
+    def pipeline_config(self, spec: RerankerSpec, bench: BenchmarkSpec) -> PipelineConfig:
+        """The pipeline of one (benchmark, row) run, resolved (adapters found and checked).
+
+        An oracle row chooses its passages itself: only its generator role runs (its config
+        says reranker kind ``none``).
+        """
+        reranker = self.reranker.model_dump(exclude_none=True) if self.reranker else {}
+        if spec.adapter is not None:
+            reranker["adapter"] = spec.adapter
+        roles = role_configs(
+            backend=self.backend, model=self.model, base_url=self.base_url, backend_options=self.backend_options,
+            prompt_style=self.prompt_style, reranker=reranker, generator=self.generator,
+        )
+        config = PipelineConfig(
+            **roles, kind=spec.kind if spec.kind in RERANKERS else "none", k=spec.k, window=spec.window,
+            stride=spec.stride, scorer=spec.scorer, buffer=spec.buffer, threshold=spec.threshold,
+            max_drop=spec.max_drop, constrained=spec.constrained, passage_words=spec.passage_words,
+            reranker_max_tokens=spec.max_new_tokens, answer_max_tokens=self.answer_max_tokens, top_n=bench.top_n,
+            # From a corpus, every example retrieves (its own gold passage, if any, marks the
+            # retrieved ones); own_passages: the example's own passages instead (the gold row).
+            retrieve=bench.passages == "corpus" and not spec.own_passages,
+        )
+        return resolve_config(config)
 
 
 def default_config_path() -> Path:
@@ -147,25 +184,49 @@ def _retriever(spec: BenchmarkSpec, data_dir: Path, out_dir: Path):
 ANSWER_CACHE = "answer_cache.jsonl"
 
 
-def _run_settings(bench: BenchmarkSpec, spec: RerankerSpec, style_name: str, style, generator: dict) -> dict:
+def _style_id(configured: str | None, resolved: str) -> dict:
+    """A prompt style as run settings: its name as the config gives it, and its content (an
+    edited prompt file is another style)."""
+    style_text = json.dumps(dataclasses.asdict(load_style(resolved)), sort_keys=True, ensure_ascii=False)
+    return {"name": configured, "sha256": hashlib.sha256(style_text.encode("utf-8")).hexdigest()[:16]}
+
+
+def _run_settings(
+    config: BenchmarkConfig, bench: BenchmarkSpec, spec: RerankerSpec, pipeline: PipelineConfig, generator: dict
+) -> dict:
     """What decides a run's records; a run file written with other settings is not resumed.
 
     ``limit`` is left out (a longer run extends a shorter one: the ids check guards the
     order), and so are fields left at their defaults, so that a field added to the config
-    later does not orphan the runs already written. The prompt style counts by its content
-    (an edited prompt file is another style).
+    later does not orphan the runs already written. ``generator`` is the answer cache's
+    fingerprint of the generator role (backend, model, adapter, decoding); the prompt style
+    counts by its content. A row whose reranker runs an LLM adds that role as resolved
+    (backend, model, adapter and its files, prompt style, and the adapter manifest's
+    constrained / passage_words / top_n where the row leaves them unset).
     """
-    style_text = json.dumps(dataclasses.asdict(style), sort_keys=True, ensure_ascii=False)
-    return {
+    configured = (config.generator.prompt_style if config.generator else None) or config.prompt_style
+    settings = {
         "benchmark": bench.model_dump(exclude_defaults=True, exclude={"limit"}),
         "reranker": spec.model_dump(exclude_defaults=True),
-        "prompt_style": {"name": style_name, "sha256": hashlib.sha256(style_text.encode("utf-8")).hexdigest()[:16]},
+        "prompt_style": _style_id(configured, pipeline.generator.prompt_style),
         "generator": generator,
     }
+    if spec.kind in LLM_RERANKERS:
+        role = role_settings(pipeline)["reranker"]
+        configured = (config.reranker.prompt_style if config.reranker else None) or config.prompt_style
+        role.update(
+            prompt_style=_style_id(configured, pipeline.reranker.prompt_style),
+            options=dict(sorted(pipeline.reranker.backend_options.items())),
+        )
+        if role["adapter"]:
+            role["adapter_files"] = local_files(role["adapter"])
+        settings["reranker_role"] = role
+    return settings
 
 
 def _batch_factory(
-    spec: RerankerSpec, bench: BenchmarkSpec, backend: Backend, style, generator: CachedGenerator, retriever, retrieve: bool
+    spec: RerankerSpec, bench: BenchmarkSpec, pipeline: PipelineConfig, generator: CachedGenerator, retriever,
+    backend: Backend | None,
 ) -> Callable[[], Callable[[list], list[dict]]]:
     """The run's batch function, built when its first batch comes (a finished run loads nothing)."""
 
@@ -174,10 +235,10 @@ def _batch_factory(
             oracle = Oracle(spec.kind, generator)
 
             def answer(batch: list) -> list[dict]:
-                return oracle.run(with_passages(batch, retriever, bench.top_n, retrieve))
+                return oracle.run(with_passages(batch, retriever, pipeline.top_n or bench.top_n, pipeline.retrieve))
         else:
-            reranker = make_reranker(spec.kind, backend, style, **spec.reranker_options())
-            answer = Pipeline(reranker, generator, retriever, bench.top_n, retrieve=retrieve).run
+            # The reranker role's backend is loaded once per process (load_backend): rows share it.
+            answer = build_pipeline(pipeline, retriever, generator=generator, backend=backend).run
 
         def run_batch(batch: list) -> list[dict]:
             generator.take_log()  # what an earlier failed batch left
@@ -224,46 +285,61 @@ def run_benchmark(
             ``indexes/``, ``answer_cache.jsonl``, the comparison (``comparison.md``,
             ``comparison.json``) and the plots.
         on_progress: Called with (run name, done, total) before the first batch and after each.
-        backend: An LLM backend already loaded, used instead of the config's ``backend`` and
-            ``model`` (a scripted one in tests).
+        backend: An LLM backend already loaded, used by both roles instead of the configured
+            ones (a scripted one in tests).
 
     Returns:
         The comparison: ``{"runs": {run: evaluation}, "seconds": {run: wall seconds of this
         call}, "generator": {run: {"calls", "reused"}}, "ceilings": {run: oracle summary},
-        "best_fixed_k": {benchmark: run}, "plots": [...]}``.
+        "best_fixed_k": {benchmark: run}, "settings": {run: what plays each role},
+        "plots": [...]}``.
 
     Raises:
         ResumeError: A run file holds records of other input or other settings.
     """
     from dynamicrag.evaluate.report import evaluate_records, plot_reports, to_markdown
 
-    options = {**config.backend_options, **({"base_url": config.base_url} if config.base_url else {})}
-    if backend is None:
-        backend = load_backend(config.backend, model=config.model, **options)
-    style = load_style(config.prompt_style)
+    # Resolved up front: a bad adapter or option fails before the first run starts.
+    pipelines = {(b.name, r.name): config.pipeline_config(r, b) for b, r in config.runs()}
     summary: dict[str, dict] = {}
     records_by_run: dict[str, list[dict]] = {}
     seconds: dict[str, float] = {}
+    settings: dict[str, dict] = {}
+    kinds: dict[str, str] = {}
     with AnswerCache(out_dir / ANSWER_CACHE) as cache:
-        generator = CachedGenerator(
-            backend, style, max_new_tokens=config.answer_max_tokens, cache=cache, backend_options=options
-        )
+        generators: dict[str, CachedGenerator] = {}  # one per generator role (all rows share one today)
+
+        def generator_of(pipeline: PipelineConfig) -> CachedGenerator:
+            role = pipeline.generator
+            key = f"{role.model_dump_json()}|{pipeline.answer_max_tokens}"
+            if key not in generators:
+                options = {**role.backend_options, **({"base_url": role.base_url} if role.base_url else {})}
+                generators[key] = CachedGenerator(
+                    backend or role_backend(role), load_style(role.prompt_style),
+                    max_new_tokens=pipeline.answer_max_tokens, cache=cache, backend_options=options,
+                    adapter=None if role.adapter == NONE else role.adapter,
+                )
+            return generators[key]
+
         for bench in config.benchmarks:
             examples = load_examples(data_dir / bench.file, task=bench.task, limit=bench.limit, skip=bench.skip)
             retriever = _retriever(bench, data_dir, out_dir) if bench.passages == "corpus" else None
             for spec in config.rerankers:
-                if spec.benchmarks is not None and bench.name not in spec.benchmarks:
+                if (bench.name, spec.name) not in pipelines:  # the row's benchmarks leave this one out
                     continue
                 run = f"{bench.name}/{spec.name}"
-                # From a corpus, every example retrieves; its own gold passage, if any, marks the
-                # retrieved ones. own_passages: the example's own passages instead (the gold row).
-                retrieve = bench.passages == "corpus" and not spec.own_passages
+                kinds[run] = spec.kind
+                pipeline = pipelines[(bench.name, spec.name)]
+                generator = generator_of(pipeline)
+                roles = role_settings(pipeline)
+                settings[run] = roles if spec.kind not in ORACLES else {
+                    "reranker": {"kind": spec.kind}, "generator": roles["generator"]}
                 path = out_dir / "runs" / bench.name / f"{spec.name}.jsonl"
                 start = time.perf_counter()
                 run_resumable(
                     examples, path, config.batch_size,
-                    _batch_factory(spec, bench, backend, style, generator, retriever, retrieve),
-                    settings=_run_settings(bench, spec, config.prompt_style, style, generator.fingerprint),
+                    _batch_factory(spec, bench, pipeline, generator, retriever, backend),
+                    settings=_run_settings(config, bench, spec, pipeline, generator.fingerprint),
                     on_progress=(lambda done, total, run=run: on_progress(run, done, total)) if on_progress else None,
                 )
                 seconds[run] = time.perf_counter() - start
@@ -271,12 +347,11 @@ def run_benchmark(
                 summary[run] = evaluate_records(records_by_run[run])
                 logger.info("%s: %d records in %.0f s", run, len(records_by_run[run]), seconds[run])
 
-    kinds = {f"{b.name}/{r.name}": r.kind for b in config.benchmarks for r in config.rerankers}
     costs = {run: generator_costs(records) for run, records in records_by_run.items()}
     ceilings = {run: oracle_summary(records) for run, records in records_by_run.items() if kinds[run] in ORACLES}
     comparison = {
         "runs": summary, "seconds": seconds, "generator": costs, "ceilings": ceilings,
-        "best_fixed_k": best_fixed_k(summary, kinds),
+        "best_fixed_k": best_fixed_k(summary, kinds), "settings": settings,
     }
     # Paired differences from the best fixed k (issue 15, item 1) go here: for each benchmark,
     # compare every run's records_by_run[run] with records_by_run[comparison["best_fixed_k"][b]]
@@ -292,11 +367,10 @@ def load_run_records(config: BenchmarkConfig, out_dir: Path) -> dict[str, list[d
     """The records of every run of ``config`` already written under ``out_dir`` (run name ->
     records, in config order); runs without a file are left out."""
     runs = {}
-    for bench in config.benchmarks:
-        for spec in config.rerankers:
-            path = Path(out_dir) / "runs" / bench.name / f"{spec.name}.jsonl"
-            if (spec.benchmarks is None or bench.name in spec.benchmarks) and path.exists():
-                runs[f"{bench.name}/{spec.name}"] = [r for _, r in read_jsonl(path)]
+    for bench, spec in config.runs():
+        path = Path(out_dir) / "runs" / bench.name / f"{spec.name}.jsonl"
+        if path.exists():
+            runs[f"{bench.name}/{spec.name}"] = [r for _, r in read_jsonl(path)]
     return runs
 
 

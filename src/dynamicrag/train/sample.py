@@ -76,6 +76,10 @@ class SampleConfig:
     seed: int | None = field(
         default=42, metadata={"help": "Sampling seed of each backend call; null leaves the backend's default."}
     )
+    passage_words: int | None = field(
+        default=None,
+        metadata={"help": "Words of each passage shown to the reranker (null: all); a trained adapter's own cap."},
+    )
 
     def __post_init__(self) -> None:
         positive = {
@@ -93,6 +97,10 @@ class SampleConfig:
             raise ValueError(f"top_p: must be in (0, 1], got {self.top_p!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise ValueError(f"seed: must be an integer or null, got {self.seed!r}")
+        if self.passage_words is not None and (
+            isinstance(self.passage_words, bool) or not isinstance(self.passage_words, int) or self.passage_words < 1
+        ):
+            raise ValueError(f"passage_words: must be a positive integer or null, got {self.passage_words!r}")
 
 
 def _sample_record(sel: Selection, answer: str | None) -> dict[str, Any]:
@@ -104,15 +112,18 @@ def sample_trajectories(
     backend: Backend,
     style: PromptStyle | str = "default",
     config: SampleConfig | None = None,
+    generator_backend: Backend | None = None,
 ) -> list[dict[str, Any]]:
     """Sample ``n`` id lists per example and answer each distinct list greedily.
 
     Args:
         examples: Questions with their retrieved passages (only the first ``top_n`` are shown).
-        backend: The SFT model, serving both roles.
+        backend: The SFT model: the reranker, and the generator unless ``generator_backend`` is given.
         style: Prompt style, or its name / YAML path (the string is recorded as
             ``prompt_style`` so the reward stage can rebuild the same prompts).
         config: Sampling settings; None = the original's.
+        generator_backend: The generator role's model when it is not ``backend`` (e.g. the base
+            model while the reranker runs an adapter).
 
     Returns:
         One record per example, in input order (format in the module docstring). If the
@@ -123,19 +134,20 @@ def sample_trajectories(
     config = config or SampleConfig()
     style_name = style if isinstance(style, str) else style.name
     style = load_style(style) if isinstance(style, str) else style
-    return _sample_isolated(examples, backend, style, style_name, config)
+    return _sample_isolated(examples, (backend, generator_backend or backend), style, style_name, config)
 
 
 def _sample_isolated(
-    examples: Sequence[Example], backend: Backend, style: PromptStyle, style_name: str, config: SampleConfig
+    examples: Sequence[Example], backends: tuple[Backend, Backend], style: PromptStyle, style_name: str,
+    config: SampleConfig,
 ) -> list[dict[str, Any]]:
     """:func:`_sample_batch`; on an exception, one example at a time, failures recorded."""
     try:
-        return _sample_batch(examples, backend, style, style_name, config)
+        return _sample_batch(examples, backends, style, style_name, config)
     except Exception as err:  # noqa: BLE001 - the backend is a boundary: isolate the failing example
         if len(examples) > 1:
             logger.warning("sampling a batch failed (%s); retrying its %d examples one by one", err, len(examples))
-            return [r for ex in examples for r in _sample_isolated([ex], backend, style, style_name, config)]
+            return [r for ex in examples for r in _sample_isolated([ex], backends, style, style_name, config)]
         logger.warning("example %s failed: %s", examples[0].id if examples else "?", err)
         failed = _sample_record(Selection(well_formed=False, error=f"{type(err).__name__}: {err}"), None)
         return [
@@ -146,17 +158,20 @@ def _sample_isolated(
 
 
 def _sample_batch(
-    examples: Sequence[Example], backend: Backend, style: PromptStyle, style_name: str, config: SampleConfig
+    examples: Sequence[Example], backends: tuple[Backend, Backend], style: PromptStyle, style_name: str,
+    config: SampleConfig,
 ) -> list[dict[str, Any]]:
     shown = [ex.model_copy(update={"passages": ex.passages[: config.top_n]}) for ex in examples]
+    reranker_backend, generator_backend = backends
 
     reranker = DynamicReranker(
-        backend,
+        reranker_backend,
         style,
         window=max(config.top_n, 2),  # every example fits one window: no top-N reduction
         max_new_tokens=config.rerank_max_new_tokens,
         temperature=config.temperature,
         constrained=config.constrained,
+        passage_words=config.passage_words,
     )
     samples = reranker.sample(shown, config.n, top_p=config.top_p, seed=config.seed)  # (examples, n)
 
@@ -169,7 +184,7 @@ def _sample_batch(
             if sel.error is None and key not in job_of:
                 job_of[key] = len(jobs)
                 jobs.append((e, sel))
-    generator = Generator(backend, style, max_new_tokens=config.answer_max_new_tokens, temperature=0.0)
+    generator = Generator(generator_backend, style, max_new_tokens=config.answer_max_new_tokens, temperature=0.0)
     answers = generator.answer([shown[e] for e, _ in jobs], [sel for _, sel in jobs])
 
     records = []
