@@ -112,6 +112,7 @@ def test_ask_answers_from_the_embedded_corpus(smollm):
     titles = {p["title"] for p in record["passages"]}
     assert any("DynamicRAG" in t or "passages" in t.lower() for t in titles)
     assert all(1 <= i <= 10 for i in record["selected"]) and record["well_formed"]
+    assert "✓ loading the model" in result.stderr  # the model load reports itself and its time
 
 
 def test_bad_input_file_names_file_line_and_field(tmp_path):

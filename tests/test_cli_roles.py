@@ -62,7 +62,7 @@ def test_an_adapter_of_another_base_model_is_refused_naming_both(hotpot, tmp_pat
     message = flat(result)
     assert f"reranker adapter {other}" in message and "'HuggingFaceTB/SmolLM2-360M-Instruct'" in message
     assert "--reranker-model" in message
-    for command in (["serve"], ["ask", "why?"], ["sample", "--input", hotpot, "--output", tmp_path / "s.jsonl"]):
+    for command in (["serve"], ["ask", "why?"], ["chat"], ["sample", "--input", hotpot, "--output", tmp_path / "s.jsonl"]):
         result = run(*command, "--reranker-adapter", other)
         assert result.exit_code == 2 and "was trained on base model" in flat(result), command
 

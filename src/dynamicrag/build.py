@@ -1,6 +1,6 @@
 """One builder: a :class:`PipelineConfig` -> backends, reranker, generator and pipeline.
 
-``infer``, ``ask``, ``serve``, ``sample`` and the benchmark runner all build their models here,
+``infer``, ``ask``, ``chat``, ``serve``, ``sample`` and the benchmark runner all build their models here,
 so a setting means the same thing everywhere. The config has one section per role: the
 reranker and the generator each name their backend, model and LoRA adapter. When both roles
 run the same base model on the transformers backend, the base is loaded once and each role's
@@ -345,6 +345,20 @@ def role_settings(config: PipelineConfig) -> dict[str, dict[str, Any]]:
     return out
 
 
+def models_label(config: PipelineConfig) -> str:
+    """The models that will load, for a status line: ``the model M`` when both roles run the
+    same model (the reranker's adapter named after it), else ``the reranker M1 and the generator M2``."""
+    names = {}
+    for role in ROLES:
+        section: RoleConfig = getattr(config, role)
+        names[role] = section.model or "(bundled SmolLM2-135M-Instruct)"
+        if section.adapter not in (NONE, AUTO):
+            names[role] += f" + adapter {Path(section.adapter).name}"
+    if names["reranker"].split(" + ")[0] == names["generator"].split(" + ")[0]:
+        return "the model " + names["reranker"]
+    return f"the reranker {names['reranker']} and the generator {names['generator']}"
+
+
 def role_backend(config: RoleConfig) -> Any:
     """The backend of one resolved role: one per (backend, model, adapter, options) per process.
 
@@ -418,6 +432,6 @@ def build_pipeline(
 
 __all__ = [
     "AUTO", "NONE", "PipelineConfig", "RerankerRoleConfig", "RoleConfig", "RoleOptions", "adapter_manifest",
-    "build_generator", "build_pipeline", "build_reranker", "default_adapter", "resolve_config", "role_backend",
-    "role_configs", "role_settings", "same_base_model",
+    "build_generator", "build_pipeline", "build_reranker", "default_adapter", "models_label", "resolve_config",
+    "role_backend", "role_configs", "role_settings", "same_base_model",
 ]

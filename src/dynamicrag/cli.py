@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import time
+from collections.abc import Iterator
 from enum import Enum
 from functools import partial
 from importlib import resources
@@ -14,7 +17,15 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 app = typer.Typer(
@@ -48,7 +59,7 @@ class ExecutorKind(str, Enum):  # dynamicrag.executors.EXECUTORS
 
 
 # Options shared by the commands that run models. In the commands with two roles (infer, ask,
-# serve, sample) they describe both the reranker and the generator, unless a role names its
+# chat, serve, sample) they describe both the reranker and the generator, unless a role names its
 # own backend (the role options below; dynamicrag.build.role_configs).
 BackendOpt = typer.Option("transformers", "--backend", help="transformers | openai | vllm | llamacpp")
 ModelOpt = typer.Option(None, "--model", help="HF id or path; default: the bundled SmolLM2-135M-Instruct")
@@ -112,6 +123,47 @@ def _setup_logging(verbose: bool) -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # our own progress display is enough
+
+
+class _StatusRelay(logging.Handler):
+    """Shows the package's INFO log lines in :func:`_loading`'s status line (e.g. "Converting
+    ... into a transformers checkpoint (once)"), so a long first run says what it is doing."""
+
+    def __init__(self, show, print_warnings: bool) -> None:
+        super().__init__(logging.INFO)
+        self.show, self.print_warnings = show, print_warnings
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno < logging.WARNING:
+            self.show(record.getMessage())
+        elif self.print_warnings:  # the package does not propagate to the root handler meanwhile
+            console.print(f"[yellow]{record.levelname.lower()}:[/yellow] {record.getMessage()}")
+
+
+@contextlib.contextmanager
+def _loading(what: str) -> Iterator[None]:
+    """A live status line (spinner, elapsed seconds) while ``what`` runs, then a line saying how
+    long it took; the package's INFO log lines meanwhile show in the status line (see
+    :class:`_StatusRelay`). Used while the model loads and the index loads or builds."""
+    start = time.perf_counter()
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=console, transient=True, disable=not console.is_terminal) as progress:
+        task = progress.add_task(what, total=None)
+        package = logging.getLogger("dynamicrag")
+        quiet = package.getEffectiveLevel() > logging.INFO  # without --verbose: INFO only in the status line
+        saved = package.level, package.propagate
+        relay = _StatusRelay(lambda message: progress.update(task, description=f"{what}: {message[:100]}"), quiet)
+        package.addHandler(relay)
+        if quiet:
+            package.setLevel(logging.INFO)
+            package.propagate = False
+        try:
+            yield
+        finally:
+            package.removeHandler(relay)
+            package.setLevel(saved[0])
+            package.propagate = saved[1]
+    console.print(f"[green]✓[/green] {what} ({time.perf_counter() - start:.1f} s)")
 
 
 def _backend_spec(name: str, model: str | None, base_url: str | None, options: list[str] | None = None) -> dict:
@@ -507,6 +559,47 @@ def _corpus_key(corpus: Path, kind: str) -> str:
     return h.hexdigest()[:16]
 
 
+def _corpus_index(corpus: Path | None, retriever: RetrieverKind):
+    """The index of ``corpus`` (default: the bundled docs), built once and cached under
+    ``cache_dir()/indexes`` by the corpus files' paths, sizes and times, with a status line.
+
+    Returns:
+        ``(retriever, index folder)``.
+    """
+    from dynamicrag.data import DataError, load_corpus
+    from dynamicrag.llm.models import cache_dir
+    from dynamicrag.retrieve import build_index, load_index
+
+    name = str(corpus) if corpus else "the bundled docs"
+    corpus = corpus or default_corpus()
+    if not corpus.exists():
+        _fail(f"corpus not found: {corpus}")
+    index_dir = cache_dir() / "indexes" / _corpus_key(corpus, retriever.value)
+    if (index_dir / "meta.json").exists():
+        with _loading(f"loading the index of {name}"):
+            return load_index(index_dir), index_dir
+    try:
+        passages = load_corpus(corpus)
+    except DataError as err:
+        _fail(str(err))
+    with _loading(f"indexing {len(passages)} passages of {name} (once)"):
+        return build_index(passages, index_dir, kind=retriever.value, show_progress=False), index_dir
+
+
+ASK_DEFAULTS = {"top_n": 10, "constrained": True}  # ask and chat: the base model is not trained as a reranker
+
+
+def _load_pipeline(config, searcher):
+    """``build_pipeline(config, searcher)`` with a status line; a bad option is a clear error."""
+    from dynamicrag.build import build_pipeline, models_label
+
+    with _loading(f"loading {models_label(config)}"):
+        try:
+            return build_pipeline(config, searcher)
+        except (TypeError, ValueError) as err:
+            _fail(str(err))
+
+
 @app.command()
 def ask(
     question: str = typer.Argument(..., help="The question"),
@@ -541,38 +634,18 @@ def ask(
 ) -> None:
     """Answer QUESTION from a corpus (index built once and cached), showing the chosen passages and k."""
     _setup_logging(verbose)
-    from dynamicrag.build import build_pipeline
-    from dynamicrag.data import DataError, load_corpus
-    from dynamicrag.llm.models import cache_dir
-    from dynamicrag.retrieve import build_index, load_index
     from dynamicrag.schema import Example
 
-    corpus = corpus or default_corpus()
-    if not corpus.exists():
-        _fail(f"corpus not found: {corpus}")
     config = _pipeline_config(
         backend=backend, model=model, base_url=base_url, backend_options=backend_options, prompt_style=prompt_style,
         reranker_model=reranker_model, reranker_adapter=reranker_adapter, reranker_backend=reranker_backend,
         reranker_base_url=reranker_base_url, generator_model=generator_model, generator_adapter=generator_adapter,
         generator_backend=generator_backend, generator_base_url=generator_base_url,
         constrained=constrained, passage_words=passage_words, reranker_max_tokens=reranker_tokens,
-        answer_max_tokens=answer_tokens, top_n=top_n, fallbacks={"top_n": 10, "constrained": True},
+        answer_max_tokens=answer_tokens, top_n=top_n, fallbacks=ASK_DEFAULTS,
     )
-    index_dir = cache_dir() / "indexes" / _corpus_key(corpus, retriever.value)
-    if (index_dir / "meta.json").exists():
-        searcher = load_index(index_dir)
-    else:
-        try:
-            passages = load_corpus(corpus)
-        except DataError as err:
-            _fail(str(err))
-        with console.status(f"indexing {len(passages)} passages of {corpus} (once)"):
-            searcher = build_index(passages, index_dir, kind=retriever.value, show_progress=False)
-    with console.status("loading the model"):
-        try:
-            pipeline = build_pipeline(config, searcher)
-        except (TypeError, ValueError) as err:
-            _fail(str(err))
+    searcher, _ = _corpus_index(corpus, retriever)
+    pipeline = _load_pipeline(config, searcher)
     with console.status("reranking and answering"):
         record = pipeline.run([Example(id="ask", question=question)])[0]
     if as_json:
@@ -592,6 +665,111 @@ def ask(
         table.add_row(str(rank), p["title"], p["text"][:120] + ("..." if len(p["text"]) > 120 else ""))
     _print_table(table)
     console.print(f"reranker output: {record['reranker_output']!r}")
+
+
+@app.command()
+def chat(
+    corpus: Optional[Path] = typer.Option(None, "--corpus", help="Folder of .md/.txt files or a corpus file; default: the bundled docs"),
+    top_n: Optional[int] = typer.Option(
+        None, "--top-n", min=1, help="Passages retrieved for the reranker (default: the reranker adapter's, else 10)"
+    ),
+    retriever: RetrieverKind = typer.Option(RetrieverKind.bm25, "--retriever"),
+    backend: str = BackendOpt,
+    model: Optional[str] = ModelOpt,
+    base_url: Optional[str] = BaseUrlOpt,
+    backend_options: Optional[list[str]] = BackendOptionsOpt,
+    reranker_model: Optional[str] = RerankerModelOpt,
+    reranker_adapter: Optional[str] = RerankerAdapterOpt,
+    reranker_backend: Optional[str] = RerankerBackendOpt,
+    reranker_base_url: Optional[str] = RerankerBaseUrlOpt,
+    generator_model: Optional[str] = GeneratorModelOpt,
+    generator_adapter: Optional[str] = GeneratorAdapterOpt,
+    generator_backend: Optional[str] = GeneratorBackendOpt,
+    generator_base_url: Optional[str] = GeneratorBaseUrlOpt,
+    prompt_style: Optional[str] = RoleStyleOpt,
+    constrained: Optional[bool] = typer.Option(
+        None, "--constrained/--free",
+        help="Constrain reranker decoding to the id grammar (default: the reranker adapter's; without one, on: "
+        "the base model is not trained as a reranker)",
+    ),
+    passage_words: Optional[int] = PassageWordsOpt,
+    reranker_tokens: Optional[int] = RerankTokensOpt,
+    answer_tokens: int = AnswerTokensOpt,
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Answer questions typed one after another (`ask` in a loop; the model and the index load once).
+
+    Each turn shows the chosen passages and k, then the answer as it is written (streamed
+    where the backend can). Ctrl-D, or Ctrl-C at the prompt, ends; Ctrl-C during an answer
+    stops that answer.
+    """
+    _setup_logging(verbose)
+    from dynamicrag.schema import Example
+
+    with contextlib.suppress(ImportError):  # line editing and history at the prompt, where there is readline
+        import readline  # noqa: F401
+
+    config = _pipeline_config(  # the same pipeline as `ask`
+        backend=backend, model=model, base_url=base_url, backend_options=backend_options, prompt_style=prompt_style,
+        reranker_model=reranker_model, reranker_adapter=reranker_adapter, reranker_backend=reranker_backend,
+        reranker_base_url=reranker_base_url, generator_model=generator_model, generator_adapter=generator_adapter,
+        generator_backend=generator_backend, generator_base_url=generator_base_url,
+        constrained=constrained, passage_words=passage_words, reranker_max_tokens=reranker_tokens,
+        answer_max_tokens=answer_tokens, top_n=top_n, fallbacks=ASK_DEFAULTS,
+    )
+    searcher, _ = _corpus_index(corpus, retriever)
+    pipeline = _load_pipeline(config, searcher)
+    console.print("Type a question and press Enter; Ctrl-D quits.")
+    for turn in itertools.count(1):
+        try:
+            question = console.input("[bold cyan]question>[/bold cyan] ").strip()
+        except (EOFError, KeyboardInterrupt):
+            console.print()
+            return
+        if not question:
+            continue
+        try:
+            _chat_turn(pipeline, Example(id=f"chat-{turn}", question=question))
+        except KeyboardInterrupt:
+            typer.echo()
+            console.print("[yellow]stopped[/yellow]")
+        except Exception as err:  # noqa: BLE001 - one failed question must not end the session
+            console.print(f"[red]failed:[/red] {type(err).__name__}: {err}")
+
+
+def _chat_turn(pipeline, example) -> None:
+    """One `chat` question: retrieve and rerank, show the chosen passages and k, stream the answer."""
+    from dynamicrag.pipeline import with_passages
+
+    start = time.perf_counter()
+    with console.status("retrieving and reranking"):
+        [example] = with_passages([example], pipeline.retriever, pipeline.top_n, pipeline.retrieve)
+        [selection] = pipeline.reranker.select([example])
+    rerank_s = time.perf_counter() - start
+    k_line = f"k = {selection.k} of {len(example.passages)} retrieved"
+    reranked = f"reranker output {selection.raw!r} in {rerank_s:.1f} s"
+    if selection.ids:
+        table = Table(title=k_line, caption=reranked)
+        for col in ("#", "id", "title", "passage"):
+            table.add_column(col, justify="right" if col == "#" else "left", overflow="fold" if col == "id" else "ellipsis")
+        for rank, i in enumerate(selection.ids, 1):
+            p = example.passages[i - 1]
+            table.add_row(str(rank), p.id, p.title, p.text[:80] + ("..." if len(p.text) > 80 else ""))
+        console.print(table)
+    else:
+        console.print(f"{k_line}: no passage chosen ({reranked})", highlight=False)
+    if selection.error:
+        console.print(f"[red]no answer:[/red] {selection.error}")
+        return
+    start = time.perf_counter()
+    started = False
+    for piece in pipeline.generator.stream(example, selection):
+        if not started:
+            piece = piece.lstrip()  # as `ask` strips the answer
+            started = bool(piece)
+        typer.echo(piece, nl=False)
+    typer.echo()
+    console.print(f"[dim]answered in {time.perf_counter() - start:.1f} s[/dim]", highlight=False)
 
 
 @app.command()
@@ -1011,6 +1189,9 @@ def serve(
     generator_backend: Optional[str] = GeneratorBackendOpt,
     generator_base_url: Optional[str] = GeneratorBaseUrlOpt,
     index_dir: Optional[Path] = typer.Option(None, "--index", help=_serve_help("index_dir")),
+    corpus: Optional[Path] = typer.Option(
+        None, "--corpus", help="Instead of --index: a folder of .md/.txt files or a corpus file, indexed once and cached (as `ask`)"
+    ),
     prompt_style: Optional[str] = RoleStyleOpt,
     passage_words: Optional[int] = PassageWordsOpt,
     api_key: Optional[str] = typer.Option(None, "--api-key", help=_serve_help("api_key")),
@@ -1028,7 +1209,8 @@ def serve(
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Serve the reranker and the generator over HTTP: POST /v1/rerank, POST /v1/answer, GET /health."""
+    """Serve the reranker and the generator over HTTP: POST /v1/rerank, POST /v1/answer, GET /health,
+    and a web page at / to ask questions in a browser."""
     _setup_logging(verbose)
     from dynamicrag.serve.app import SERVE_DEFAULTS, serve_command
 
@@ -1039,11 +1221,15 @@ def serve(
         generator_backend=generator_backend, generator_base_url=generator_base_url,
         constrained=constrained, passage_words=passage_words, top_n=top_n, fallbacks=SERVE_DEFAULTS,
     )
+    if corpus is not None:
+        if index_dir is not None:
+            _fail("--corpus and --index exclude each other")
+        _, index_dir = _corpus_index(corpus, RetrieverKind.bm25)
     try:
         serve_command(
             host=host, port=port, config=config, index_dir=index_dir, api_key=api_key, max_passages=max_passages,
             max_text_chars=max_text_chars, max_queue=max_queue, timeout_s=timeout_s, max_batch=max_batch,
-            batch_wait_ms=batch_wait_ms,
+            batch_wait_ms=batch_wait_ms, loading=_loading,
         )
     except (FileNotFoundError, ValueError) as err:
         _fail(str(err))

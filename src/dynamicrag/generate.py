@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from dynamicrag.llm.base import Backend, Chat, SamplingParams
+from dynamicrag.llm.base import Backend, Chat, SamplingParams, stream_text
 from dynamicrag.prompts import PromptStyle, generator_chat, load_style
 from dynamicrag.schema import Example, Selection
 
@@ -30,6 +30,14 @@ class Generator:
     def answer(self, examples: Sequence[Example], selections: Sequence[Selection]) -> list[str]:
         if not examples:
             return []
-        params = SamplingParams(temperature=self.temperature, max_new_tokens=self.max_new_tokens)
         chats = [self.chat(ex, sel) for ex, sel in zip(examples, selections)]
-        return [c[0].text.strip() for c in self.backend.generate(chats, params)]
+        return [c[0].text.strip() for c in self.backend.generate(chats, self.params())]
+
+    def params(self) -> SamplingParams:
+        """The decoding settings of every answer, streamed or not."""
+        return SamplingParams(temperature=self.temperature, max_new_tokens=self.max_new_tokens)
+
+    def stream(self, example: Example, selection: Selection) -> Iterator[str]:
+        """Answer one example, yielding the text as the backend writes it (in one piece where the
+        backend cannot stream); the pieces joined and stripped are what :meth:`answer` returns."""
+        return stream_text(self.backend, self.chat(example, selection), self.params())

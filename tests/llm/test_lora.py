@@ -103,6 +103,16 @@ def test_constrained_decoding_and_sampling_run_with_the_adapter(reranker_view):
     assert len(sampled[0]) == 3
 
 
+def test_a_streamed_answer_runs_the_adapter_too(smollm, base_before, reranker_view):
+    from dynamicrag.llm import stream_text
+
+    view, _, _ = reranker_view
+    before, _ = base_before
+    streamed = "".join(stream_text(view, CHATS[0], GREEDY))
+    assert streamed.strip() == texts(view)[0].strip() != before[0].strip()  # the adapter's answer, not the base's
+    assert "".join(stream_text(smollm, CHATS[0], GREEDY)).strip() == before[0].strip()  # and off again after
+
+
 def test_two_adapters_on_one_base_each_with_its_own_name(smollm, base_before, reranker_view, tiny_adapter, tmp_path):
     from safetensors.torch import load_file, save_file
 

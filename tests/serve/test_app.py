@@ -82,6 +82,16 @@ def test_answer_from_given_passages_in_the_chosen_order(client):
     assert [p["id"] for p in cut["selected"]] == ["p2"]
 
 
+def test_answer_reports_every_candidate_and_where_the_time_went():
+    with TestClient(make_app(SlowBackend(delay=0.2))) as c:
+        out = c.post("/v1/answer", json={"question": "q", "passages": passages([4, 2])}).json()
+    assert [p["id"] for p in out["candidates"]] == ["p1", "p2", "p3", "p4"] and out["positions"] == [4, 2]
+    assert [out["candidates"][i - 1] for i in out["positions"]] == out["selected"]
+    t = out["timings"]
+    assert t["rerank_ms"] >= 200 and t["generate_ms"] >= 200 and t["retrieve_ms"] < 200 and t["batch_size"] == 1
+    assert t["total_ms"] >= t["queue_ms"] + t["rerank_ms"] + t["generate_ms"]
+
+
 def test_unusable_reranker_output_is_reported_not_answered():
     with TestClient(make_app(ScriptedBackend(outputs={0: "1. Topic: t1"}))) as c:
         out = c.post("/v1/answer", json={"question": "q", "passages": passages([1])}).json()
@@ -244,7 +254,7 @@ def test_micro_batching_raises_throughput():
 
 
 def test_serve_options_help_covers_every_parameter():
-    params = set(inspect.signature(serve_command).parameters)
+    params = set(inspect.signature(serve_command).parameters) - {"loading"}  # a hook, not an option
     assert set(SERVE_OPTIONS_HELP) == params
     assert inspect.signature(serve_command).parameters["host"].default == "127.0.0.1"
 

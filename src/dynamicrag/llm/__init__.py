@@ -13,7 +13,7 @@ import importlib
 import threading
 from typing import Any
 
-from dynamicrag.llm.base import Backend, Chat, Completion, Message, SamplingParams
+from dynamicrag.llm.base import Backend, Chat, Completion, Message, SamplingParams, StreamingBackend, stream_text
 
 BACKENDS: dict[str, str] = {
     "transformers": "dynamicrag.llm.transformers_backend:TransformersBackend",
@@ -63,4 +63,7 @@ def load_backend(name: str = "transformers", model: str | None = None, **kwargs:
         return _LOADED[key]
 
 
-__all__ = ["BACKENDS", "Backend", "Chat", "Completion", "Message", "SamplingParams", "backend_class", "load_backend"]
+__all__ = [
+    "BACKENDS", "Backend", "Chat", "Completion", "Message", "SamplingParams", "StreamingBackend", "backend_class",
+    "load_backend", "stream_text",
+]

@@ -7,7 +7,7 @@ or against any OpenAI-compatible server.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -77,3 +77,32 @@ class Backend(Protocol):
     def count_tokens(self, chat: Chat) -> int:
         """Prompt tokens of ``chat`` after the chat template (used to fit windows)."""
         ...
+
+
+@runtime_checkable
+class StreamingBackend(Protocol):
+    """A backend that can also hand out one completion's text while it is generated (optional:
+    :func:`stream_text` falls back to :meth:`Backend.generate` for backends without it)."""
+
+    def stream(self, chat: Chat, params: SamplingParams) -> Iterator[str]:
+        """Yield the text of one completion of ``chat`` in pieces, as the model writes it.
+
+        Closing the iterator early stops the generation.
+        """
+        ...
+
+
+def stream_text(backend: Backend, chat: Chat, params: SamplingParams) -> Iterator[str]:
+    """The text of one completion of ``chat``, in pieces as they come where ``backend`` streams
+    (:class:`StreamingBackend`), else in one piece once it is done.
+
+    Example:
+        >>> for piece in stream_text(llm, [{"role": "user", "content": "Hi"}], SamplingParams()):
+        ...     print(piece, end="", flush=True)
+    """
+    if params.n != 1:
+        raise ValueError(f"streaming gives one completion; got n={params.n}")
+    if isinstance(backend, StreamingBackend):
+        yield from backend.stream(chat, params)
+    else:
+        yield backend.generate([chat], params)[0][0].text

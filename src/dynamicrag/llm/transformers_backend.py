@@ -251,7 +251,8 @@ class TransformersBackend:
                     results[i] = completions
         return results
 
-    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
+    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, **extra: Any) -> list[list[Completion]]:
+        """One ``generate`` call; ``extra`` goes to it as is (``stream`` passes its streamer)."""
         batch = self.tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt").to(self.device)
         prompt_len = batch["input_ids"].shape[1]
         greedy = params.temperature == 0
@@ -277,7 +278,7 @@ class TransformersBackend:
                 self._constraint = _IdListConstraint(self.tokenizer, self.eos_ids)
             allowed = self._constraint.prefix_fn(prompt_len, params.id_list_max, self.pad_id)
             kwargs["prefix_allowed_tokens_fn"] = allowed
-        out = self.lm.generate(**batch, **kwargs)  # (batch * n_gen, prompt_len + new)
+        out = self.lm.generate(**batch, **kwargs, **extra)  # (batch * n_gen, prompt_len + new)
         n_gen = 1 if greedy else params.n
         completions = []
         for row in range(len(prompts)):
@@ -286,6 +287,50 @@ class TransformersBackend:
             # Greedy decoding gives one answer: n independent copies of it.
             completions.append([dataclasses.replace(texts[0]) for _ in range(params.n)] if greedy else texts)
         return completions
+
+    def stream(self, chat: Chat, params: SamplingParams) -> Iterator[str]:
+        """Yield the text of one completion of ``chat`` in pieces, as the model writes it.
+
+        The same decoding as :meth:`generate` (one prompt, ``params.n`` must be 1), run in a
+        thread that feeds transformers' ``TextIteratorStreamer``. Closing the iterator early
+        (the caller stopped reading, or Ctrl-C) stops the generation at the next token.
+
+        Raises:
+            ValueError: ``params.n`` is not 1.
+        """
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        if params.n != 1:
+            raise ValueError(f"stream gives one completion; got n={params.n}")
+        prompt = self.encode(chat)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        stop = threading.Event()
+        failure: list[BaseException] = []
+
+        class _Stopped(StoppingCriteria):
+            def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.BoolTensor:
+                return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool)
+
+        def run() -> None:
+            try:
+                # As generate: this backend's adapter (if any) on for the call, under the shared lock.
+                with self._lock, adapter_active(self.lm, self.adapter_name), torch.inference_mode(), \
+                        _seeded(params.seed, self.device):
+                    self._generate_batch([prompt], params, streamer=streamer,
+                                         stopping_criteria=StoppingCriteriaList([_Stopped()]))
+            except BaseException as err:  # noqa: BLE001 - re-raised in the reading thread below
+                failure.append(err)
+                streamer.end()  # wake the reader, which would otherwise wait for ever
+
+        thread = threading.Thread(target=run, name="dynamicrag-stream", daemon=True)
+        thread.start()
+        try:
+            yield from streamer
+        finally:
+            stop.set()  # a no-op once generation ended; otherwise stops it at the next token
+            thread.join()
+        if failure:
+            raise failure[0]
 
     def _shared_prefill(self, batch: Any, n: int) -> Any:
         """The KV cache of the prompts without their last token, repeated ``n`` times per row.

@@ -7,6 +7,8 @@ Endpoints (OpenAPI docs at ``/docs``):
 - ``POST /v1/answer`` ``{question, passages?, top_n?, task?}`` -> the answer and the passages
   it was given; without ``passages`` the server's index is searched for the top ``top_n``.
 - ``GET /health`` -> model, queue depth, batch statistics.
+- ``GET /`` -> a small web page that asks ``/v1/answer`` and shows the answer, the chosen and
+  the unchosen passages, k and the timings (``serve/static``, no external resources).
 
 Concurrent requests are gathered into one reranker and one generator call per batch
 (:class:`~dynamicrag.serve.batcher.MicroBatcher`), run in a thread so the event loop keeps
@@ -30,12 +32,13 @@ Example:
 # run time, and the request models are local classes (they carry the configured limits).
 import contextlib
 import hmac
+import importlib.resources
 import ipaddress
 import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -56,8 +59,9 @@ try:
     import uvicorn
     from fastapi import Depends, FastAPI, HTTPException, Request, Security
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import HTMLResponse, JSONResponse
     from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+    from fastapi.staticfiles import StaticFiles
     from starlette.exceptions import HTTPException as StarletteHTTPException
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError("`dynamicrag serve` needs `pip install dynamicrag[serve]`") from e
@@ -147,6 +151,19 @@ class RerankResponse(BaseModel):
     error: str | None = Field(description="Why no selection could be read (unusable output), or null")
 
 
+class Timings(BaseModel):
+    """Where a request's time went. The model calls are made for a whole micro-batch, so
+    ``retrieve_ms``, ``rerank_ms`` and ``generate_ms`` are those of the batch the request was in
+    (``batch_size`` requests shared them)."""
+
+    queue_ms: float = Field(description="Waiting for its batch to start")
+    retrieve_ms: float = Field(description="Searching the index (0 when the passages were given)")
+    rerank_ms: float = Field(description="The reranker call choosing the passages")
+    generate_ms: float = Field(description="The generator call writing the answers")
+    total_ms: float = Field(description="From the request's arrival to its answer")
+    batch_size: int = Field(description="Requests in the batch that shared these model calls")
+
+
 class AnswerResponse(BaseModel):
     answer: str | None = Field(description="The generated answer; null when the reranker output was unusable")
     selected: list[PassageOut] = Field(description="The passages the generator was given, in order")
@@ -155,6 +172,9 @@ class AnswerResponse(BaseModel):
     well_formed: bool
     error: str | None
     retrieved: bool = Field(description="The candidates came from the server's index")
+    candidates: list[PassageOut] = Field(description="Every passage the reranker saw, in retrieval (or given) order")
+    positions: list[int] = Field(description="1-based positions of the selected passages in candidates")
+    timings: Timings
 
 
 class ErrorDetail(BaseModel):
@@ -350,6 +370,7 @@ class _Work:
     kind: Literal["rerank", "answer"]
     example: Example
     retrieve_top_n: int | None = None  # search the index for this many candidates first
+    arrived: float = field(default_factory=time.perf_counter)
 
 
 @dataclass
@@ -357,6 +378,7 @@ class _Outcome:
     example: Example  # with the passages the reranker saw
     selection: Selection
     answer: str | None
+    timings: dict[str, float] = field(default_factory=dict)  # Timings' fields but total_ms
 
 
 @dataclass
@@ -368,6 +390,7 @@ class _Worker:
     retriever: Any = None
 
     def __call__(self, batch: list[_Work]) -> list[_Outcome]:
+        start = time.perf_counter()
         examples = [w.example for w in batch]
         by_top_n: dict[int, list[int]] = defaultdict(list)
         for i, w in enumerate(batch):
@@ -376,11 +399,18 @@ class _Worker:
         for top_n, members in by_top_n.items():
             for i, ex in zip(members, with_passages([examples[i] for i in members], self.retriever, top_n)):
                 examples[i] = ex
+        retrieved = time.perf_counter()
         selections = self.reranker.select(examples)  # one batched reranker pass for every request
+        reranked = time.perf_counter()
         usable = [i for i, w in enumerate(batch) if w.kind == "answer" and selections[i].error is None]
         answers = self.generator.answer([examples[i] for i in usable], [selections[i] for i in usable])
         answer_of = dict(zip(usable, answers))
-        return [_Outcome(ex, sel, answer_of.get(i)) for i, (ex, sel) in enumerate(zip(examples, selections))]
+        ms = {"retrieve_ms": retrieved - start, "rerank_ms": reranked - retrieved,
+              "generate_ms": time.perf_counter() - reranked}
+        ms = {name: round(1000 * seconds, 1) for name, seconds in ms.items()}
+        return [_Outcome(ex, sel, answer_of.get(i), {**ms, "queue_ms": round(1000 * (start - w.arrived), 1),
+                                                     "batch_size": len(batch)})
+                for i, (w, ex, sel) in enumerate(zip(batch, examples, selections))]
 
 
 async def _run(request: Request, work: _Work) -> _Outcome:
@@ -512,10 +542,12 @@ def create_app(reranker: Any, generator: Any, retriever: Any = None, settings: S
             job = _Work("answer", example.model_copy(update={"passages": given}))
         out = await _run(request, job)
         sel = out.selection
+        candidates = [PassageOut(id=p.id, title=p.title, text=p.text) for p in out.example.passages]
         return AnswerResponse(
-            answer=out.answer,
-            selected=[PassageOut(id=p.id, title=p.title, text=p.text) for p in (out.example.passages[i - 1] for i in sel.ids)],
+            answer=out.answer, selected=[candidates[i - 1] for i in sel.ids],
             k=sel.k, raw=sel.raw, well_formed=sel.well_formed, error=sel.error, retrieved=body.passages is None,
+            candidates=candidates, positions=sel.ids,
+            timings=Timings(**out.timings, total_ms=round(1000 * (time.perf_counter() - job.arrived), 1)),
         )
 
     @app.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
@@ -530,7 +562,29 @@ def create_app(reranker: Any, generator: Any, retriever: Any = None, settings: S
         )
         return report if ok else JSONResponse(status_code=503, content=report.model_dump())
 
+    _add_page(app)
     return app
+
+
+_STATIC = importlib.resources.files("dynamicrag.serve") / "static"
+# The page loads only its own script and style, and talks only to this server.
+_PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+             "connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'")
+
+
+def _add_page(app: FastAPI) -> None:
+    """``GET /``: the web page (``static/index.html``); its script and style under ``/static``.
+
+    The page itself needs no key: it asks for one, keeps it in the browser's session storage
+    and sends it as ``Authorization: Bearer`` with each ``/v1/answer`` request.
+    """
+    page = (_STATIC / "index.html").read_text("utf-8")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page, headers={"Content-Security-Policy": _PAGE_CSP, "Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=str(_STATIC)), name="static")
 
 
 # ---------------------------------------------------------------- the command
@@ -573,18 +627,21 @@ def serve_command(
     max_batch: int = ServeSettings.max_batch,
     batch_wait_ms: float = ServeSettings.batch_wait_ms,
     top_n: int | None = None,
+    *,
+    loading: Callable[[str], contextlib.AbstractContextManager] = lambda what: contextlib.nullcontext(),
 ) -> None:
     """Load the models (and the index), then serve until interrupted (Ctrl-C).
 
     Args: see :data:`SERVE_OPTIONS_HELP`. ``config`` is a :class:`~dynamicrag.build.PipelineConfig`
     (None: every default), resolved with :data:`SERVE_DEFAULTS`; ``top_n`` falls back to its
     ``top_n``; ``api_key`` to ``$DYNAMICRAG_API_KEY`` (which keeps the key out of the process list).
+    ``loading(what)`` is entered around each loading step (the CLI shows a status line with it).
 
     Raises:
         ValueError: A bad option (unknown backend, adapter, prompt style, limits).
         NotAnIndexError: ``index_dir`` is not an index.
     """
-    from dynamicrag.build import PipelineConfig, build_pipeline, resolve_config
+    from dynamicrag.build import PipelineConfig, build_pipeline, models_label, resolve_config
     from dynamicrag.retrieve import load_index
 
     config = resolve_config(config or PipelineConfig(), **SERVE_DEFAULTS)
@@ -595,8 +652,12 @@ def serve_command(
     )
     if not _is_loopback(host) and settings.api_key is None:
         logger.warning("serving on %s without an API key: anyone who can reach it can use the model", host)
-    retriever = load_index(index_dir) if index_dir else None
-    pipeline = build_pipeline(config)
+    retriever = None
+    if index_dir:
+        with loading(f"loading the index {index_dir}"):
+            retriever = load_index(index_dir)
+    with loading(f"loading {models_label(config)}"):
+        pipeline = build_pipeline(config)
     app = create_app(pipeline.reranker, pipeline.generator, retriever, settings)
     # After Ctrl-C, running requests get up to one timeout to finish; then the rest get 503.
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=int(timeout_s) + 1)
