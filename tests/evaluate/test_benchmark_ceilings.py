@@ -142,3 +142,32 @@ def test_rows_can_be_limited_to_some_benchmarks_and_read_own_passages(data):
     ])
     comparison = run_benchmark(cfg, data, data / "out", backend=ScriptedBackend())
     assert set(comparison["runs"]) == {"qa/top-1", "qa/gold-own", "qa2/top-1"}
+
+
+def test_every_row_is_compared_with_the_best_fixed_k_question_by_question(data):
+    rows = [*ROWS[:3], {"name": "top-2-again", "kind": "topk", "k": 2}, ROWS[3]]
+    out = data / "out"
+    comparison = run_benchmark(config(rows=rows), data, out, backend=ScriptedBackend())
+    assert comparison["best_fixed_k"] == {"qa": "qa/top-2"}  # the first of the equal top-2 rows
+    paired = comparison["paired"]["qa"]
+    assert paired["baseline"] == "qa/top-2" and set(paired["runs"]) == {"qa/none", "qa/top-1", "qa/top-2-again", "qa/oracle-k"}
+    stats = {run: r["metrics"]["main"] for run, r in paired["runs"].items()}
+    # Per question (q0..q3), match of top-2: 1 1 0 0; none: 0 0 1 0; top-1: 0 1 0 0; oracle-k: 1 1 1 0.
+    assert stats["qa/top-2-again"]["diff"] == 0 and stats["qa/top-2-again"]["ci"] == [0.0, 0.0]
+    assert (stats["qa/none"]["diff"], stats["qa/none"]["wins"], stats["qa/none"]["losses"]) == (-0.25, 1, 2)
+    assert (stats["qa/top-1"]["diff"], stats["qa/top-1"]["wins"], stats["qa/top-1"]["losses"]) == (-0.25, 0, 1)
+    assert (stats["qa/oracle-k"]["diff"], stats["qa/oracle-k"]["wins"], stats["qa/oracle-k"]["losses"]) == (0.25, 1, 0)
+    assert all(s["ci"][0] <= s["diff"] <= s["ci"][1] and s["test"] == "mcnemar_exact" for s in stats.values())
+    assert stats["qa/none"]["p"] == 1.0  # exact McNemar: 1 win, 2 losses
+
+    table = (out / "comparison.md").read_text()
+    header = table.splitlines()[0]
+    assert header.endswith("| Δ vs best fixed k [95 % CI] | p | p Holm |")
+    row = {line.split(" | ")[0].strip("| "): line for line in table.split("\n###")[0].splitlines()}
+    assert row["qa/top-2-again"].endswith("| +0.000 [+0.000, +0.000] | 1.000 | 1.000 |")
+    assert row["qa/top-2"].endswith("| (baseline) | - | - |")
+    assert "| -0.250 [" in row["qa/none"] and "| +0.250 [" in row["qa/oracle-k"]
+    assert "best fixed-k run (`qa/top-2`)" in table and "`paired_comparison_qa.png`" in table
+    assert json.loads((out / "comparison.json").read_text())["paired"]["qa"]["runs"]["qa/none"]["metrics"]["main"]["diff"] == -0.25
+    assert (out / "paired_comparison_qa.png").stat().st_size > 5000
+    assert str(out / "paired_comparison_qa.png") in comparison["plots"]

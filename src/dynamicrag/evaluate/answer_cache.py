@@ -28,7 +28,7 @@ from typing import Any
 
 from dynamicrag.data import ResumableJsonlWriter, read_jsonl
 from dynamicrag.generate import Generator
-from dynamicrag.llm.base import Backend, Chat, SamplingParams
+from dynamicrag.llm.base import Backend, Chat
 from dynamicrag.schema import Example, Selection
 
 logger = logging.getLogger(__name__)
@@ -175,8 +175,7 @@ class CachedGenerator(Generator):
             if key not in self.cache and key not in todo:
                 todo[key] = chat
         if todo:
-            params = SamplingParams(temperature=self.temperature, max_new_tokens=self.max_new_tokens)
-            completions = self.backend.generate(list(todo.values()), params)
+            completions = self.backend.generate(list(todo.values()), self.params())
             for key, completion in zip(todo, completions):
                 self.cache.put(key, completion[0].text.strip())
         generated = set(todo)

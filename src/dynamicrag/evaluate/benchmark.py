@@ -14,7 +14,9 @@ for the base model next to the shipped adapter). Every row's pipeline is built b
 Every (benchmark, row) run is an ordinary ``infer`` output file, written resumably through the
 CLI stages' runner, so an interrupted benchmark picks up where it stopped; generator answers
 are cached across rows and reruns; the comparison table, its notes (oracle needs, generator
-calls per row) and the plots are drawn from those files.
+calls per row) and the plots are drawn from those files. Every row is compared with its
+benchmark's best fixed k question by question (:mod:`dynamicrag.evaluate.compare`: the
+difference with a paired bootstrap CI, a paired test's p, Holm-corrected; a forest plot).
 
 Example:
     >>> config = load_config("benchmark.yaml")  # doctest: +SKIP
@@ -44,6 +46,7 @@ from dynamicrag.build import (
 from dynamicrag.data import atomic_write_json, atomic_write_text, load_corpus, load_examples, read_jsonl
 from dynamicrag.evaluate.answer_cache import AnswerCache, CachedGenerator, local_files
 from dynamicrag.evaluate.ceilings import ORACLES, Oracle, oracle_summary
+from dynamicrag.evaluate.compare import COMPARISON_STEM, MAIN, compare_runs, format_p, write_comparison
 from dynamicrag.executors import run_resumable
 from dynamicrag.llm.base import Backend
 from dynamicrag.pipeline import with_passages
@@ -349,18 +352,77 @@ def run_benchmark(
 
     costs = {run: generator_costs(records) for run, records in records_by_run.items()}
     ceilings = {run: oracle_summary(records) for run, records in records_by_run.items() if kinds[run] in ORACLES}
+    best = best_fixed_k(summary, kinds)
+    paired = paired_with_best_fixed_k(records_by_run, best)
     comparison = {
         "runs": summary, "seconds": seconds, "generator": costs, "ceilings": ceilings,
-        "best_fixed_k": best_fixed_k(summary, kinds), "settings": settings,
+        "best_fixed_k": best, "paired": paired, "settings": settings,
     }
-    # Paired differences from the best fixed k (issue 15, item 1) go here: for each benchmark,
-    # compare every run's records_by_run[run] with records_by_run[comparison["best_fixed_k"][b]]
-    # on the same questions, and add the differences and their CIs to the JSON and the table.
+    forest = [path for bench, result in paired.items()
+              for path in write_comparison(result, out_dir, stem=f"{COMPARISON_STEM}_{bench}") if path.suffix == ".png"]
     atomic_write_json(out_dir / "comparison.json", comparison)
-    markdown = to_markdown(summary) + ceilings_markdown(ceilings, costs, kinds)
+    markdown = to_markdown(summary, paired_columns(paired)) + paired_note(paired, forest)
+    markdown += ceilings_markdown(ceilings, costs, kinds)
     atomic_write_text(out_dir / "comparison.md", markdown)
-    comparison["plots"] = [str(p) for p in plot_reports(summary, records_by_run, out_dir)]
+    comparison["plots"] = [str(p) for p in [*plot_reports(summary, records_by_run, out_dir), *forest]]
     return comparison
+
+
+DELTA_COLUMN = "Δ vs best fixed k [95 % CI]"
+
+
+def paired_with_best_fixed_k(records_by_run: dict[str, list[dict]], best: dict[str, str]) -> dict[str, dict]:
+    """Per benchmark, every run compared with its best fixed-k run, question by question.
+
+    Args:
+        records_by_run: Run name (``benchmark/row``) -> its records.
+        best: Benchmark -> its best fixed-k run (:func:`best_fixed_k`); a benchmark without
+            one is not compared.
+
+    Returns:
+        Benchmark -> :func:`dynamicrag.evaluate.compare.compare_runs` on each record's headline
+        metric (``main``: match for short-answer QA), p-values Holm-corrected across the
+        benchmark's other runs (the best fixed k is the baseline, not one of the runs).
+        A benchmark whose only run is its best fixed k is left out.
+    """
+    out = {}
+    for bench, baseline in best.items():
+        runs = {run: records for run, records in records_by_run.items()
+                if run.split("/", 1)[0] == bench and run != baseline}
+        if runs:
+            out[bench] = compare_runs(records_by_run[baseline], runs, metrics=[MAIN], baseline_name=baseline)
+    return out
+
+
+def paired_columns(paired: dict[str, dict]) -> dict[str, dict[str, str]]:
+    """The main table's columns of :func:`paired_with_best_fixed_k`: the difference with its
+    interval, the p-value and its Holm correction, per run."""
+    columns: dict[str, dict[str, str]] = {DELTA_COLUMN: {}, "p": {}, "p Holm": {}}
+    for result in paired.values():
+        columns[DELTA_COLUMN][result["baseline"]] = "(baseline)"
+        for run, compared in result["runs"].items():
+            stats = compared["metrics"][MAIN]
+            low, high = stats["ci"]
+            columns[DELTA_COLUMN][run] = f"{stats['diff']:+.3f} [{low:+.3f}, {high:+.3f}]"
+            columns["p"][run] = format_p(stats["p"])
+            columns["p Holm"][run] = format_p(stats["p_holm"])
+    return columns
+
+
+def paired_note(paired: dict[str, dict], plots: list[Path]) -> str:
+    """What the paired columns of the main table mean, and where their forest plots are."""
+    if not paired:
+        return ""
+    first = next(iter(paired.values()))
+    baselines = ", ".join(f"`{r['baseline']}`" for r in paired.values())
+    metric = "/".join(sorted({label for r in paired.values() for label in r["labels"].values()}))
+    return (
+        f"\n{DELTA_COLUMN}: the run's headline metric ({metric}) minus "
+        f"that of its benchmark's best fixed-k run ({baselines}), on the same questions matched by id; CI: paired "
+        f"bootstrap ({first['resamples']} resamples, seed {first['seed']}); p: exact McNemar for 0/1 scores, else a "
+        "paired permutation test; p Holm: Holm-corrected across the benchmark's runs. Forest plots: "
+        + ", ".join(f"`{p.name}`" for p in plots) + ".\n"
+    )
 
 
 def load_run_records(config: BenchmarkConfig, out_dir: Path) -> dict[str, list[dict]]:

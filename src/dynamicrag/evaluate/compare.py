@@ -296,7 +296,8 @@ def compare_runs(
     }
 
 
-def _fmt_p(p: float) -> str:
+def format_p(p: float) -> str:
+    """A p-value for a table: three decimals, or scientific notation below 0.001."""
     return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
 
 
@@ -314,7 +315,7 @@ def comparison_rows(result: Mapping[str, Any]) -> tuple[list[str], list[list[str
             low, high = s["ci"]
             rows.append([
                 name, result["labels"][metric], f"{s['baseline']:.3f}", f"{s['run']:.3f}", f"{s['diff']:+.3f}",
-                f"[{low:+.3f}, {high:+.3f}]", _fmt_p(s["p"]), _fmt_p(s["p_holm"]),
+                f"[{low:+.3f}, {high:+.3f}]", format_p(s["p"]), format_p(s["p_holm"]),
                 "McNemar" if s["test"] == "mcnemar_exact" else "permutation",
                 f"{s['wins']}/{s['ties']}/{s['losses']}", str(run["n"]),
             ])

@@ -251,11 +251,15 @@ def _answer_columns(summary: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return list(names)
 
 
-def _rows(summary: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """Headers and string cells shared by the rich and markdown tables (metrics as fractions)."""
+def _rows(
+    summary: Mapping[str, Mapping[str, Any]], extra: Mapping[str, Mapping[str, str]] | None = None
+) -> tuple[list[str], list[list[str]]]:
+    """Headers and string cells shared by the rich and markdown tables (metrics as fractions);
+    ``extra`` columns (header -> run -> cell) go last, ``-`` where a run has no cell."""
     metrics = _answer_columns(summary)
     headers = ["run", "group", "n", "failed", *metrics, "mean k", "None %", "malformed %"]
     headers += [header for _, header in RERANK_COLUMNS]
+    headers += list(extra or {})
     rows = []
     for run_name, run in summary.items():
         for group_name, group in run["groups"].items():
@@ -264,6 +268,7 @@ def _rows(summary: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], list[lis
             row += [f"{group['answer'][m]:.3f}" if m in group["answer"] else "-" for m in metrics]
             row += [f"{selection['mean_k']:.2f}", f"{100 * selection['none']:.1f}", f"{100 * selection['malformed']:.1f}"]
             row += [f"{rerank[key]:.3f}" if key in rerank else "-" for key, _ in RERANK_COLUMNS]
+            row += [cells.get(run_name, "-") for cells in (extra or {}).values()]
             rows.append(row)
     return headers, rows
 
@@ -292,9 +297,14 @@ def _md_cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def to_markdown(summary: Mapping[str, Mapping[str, Any]]) -> str:
-    """The table of :func:`render_table` as a GitHub markdown table (ends with a newline)."""
-    headers, rows = _rows(summary)
+def to_markdown(summary: Mapping[str, Mapping[str, Any]], extra: Mapping[str, Mapping[str, str]] | None = None) -> str:
+    """The table of :func:`render_table` as a GitHub markdown table (ends with a newline).
+
+    Args:
+        summary: Run name -> run summary.
+        extra: Columns added at the right: header -> run name -> cell (``-`` where missing).
+    """
+    headers, rows = _rows(summary, extra)
     align = ["---" if i < 2 else "---:" for i in range(len(headers))]
     lines = [headers, align, *rows]
     return "".join("| " + " | ".join(_md_cell(c) for c in line) + " |\n" for line in lines)
