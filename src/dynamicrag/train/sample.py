@@ -16,6 +16,7 @@ Output record per question (one JSON line; the reward stage reads exactly this):
 
     {**Example.model_dump(mode="json"),      # passages = the candidates the reranker saw
      "prompt_style": "default",
+     "passage_words": null,                  # the reranker prompt's word cap per passage
      "samples": [{"ids": [3, 1], "raw": "[3], [1]", "well_formed": true, "error": null,
                   "answer": "..."}, ...]}    # n samples, in sampling order
 
@@ -69,6 +70,11 @@ class SampleConfig:
         default=40,
         metadata={"help": "Candidates shown to the reranker: the first top_n passages of each question (original: 40)."},
     )
+    passage_words: int | None = field(
+        default=None,
+        metadata={"help": "Words shown of each passage in the reranker prompt (None: all); the cap the SFT "
+                  "data was prepared with, recorded in each record for the pairs stage."},
+    )
     constrained: bool = field(
         default=False,
         metadata={"help": "Constrain the reranker to the id grammar, so every sample is well-formed (original: no)."},
@@ -91,6 +97,10 @@ class SampleConfig:
             raise ValueError(f"temperature: must be >= 0, got {self.temperature!r}")
         if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
             raise ValueError(f"top_p: must be in (0, 1], got {self.top_p!r}")
+        if self.passage_words is not None and (
+            isinstance(self.passage_words, bool) or not isinstance(self.passage_words, int) or self.passage_words < 1
+        ):
+            raise ValueError(f"passage_words: must be a positive integer or null, got {self.passage_words!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise ValueError(f"seed: must be an integer or null, got {self.seed!r}")
 
@@ -104,15 +114,19 @@ def sample_trajectories(
     backend: Backend,
     style: PromptStyle | str = "default",
     config: SampleConfig | None = None,
+    generator: Backend | None = None,
 ) -> list[dict[str, Any]]:
     """Sample ``n`` id lists per example and answer each distinct list greedily.
 
     Args:
         examples: Questions with their retrieved passages (only the first ``top_n`` are shown).
-        backend: The SFT model, serving both roles.
+        backend: The SFT model: the reranker, and the generator unless ``generator`` is given.
         style: Prompt style, or its name / YAML path (the string is recorded as
             ``prompt_style`` so the reward stage can rebuild the same prompts).
         config: Sampling settings; None = the original's.
+        generator: The model that answers, when it is not the reranker (a reranker-only
+            adapter is used with the base generator, so its lists are judged by the answers
+            of the generator it will serve).
 
     Returns:
         One record per example, in input order (format in the module docstring). If the
@@ -123,30 +137,33 @@ def sample_trajectories(
     config = config or SampleConfig()
     style_name = style if isinstance(style, str) else style.name
     style = load_style(style) if isinstance(style, str) else style
-    return _sample_isolated(examples, backend, style, style_name, config)
+    return _sample_isolated(examples, backend, style, style_name, config, generator or backend)
 
 
 def _sample_isolated(
-    examples: Sequence[Example], backend: Backend, style: PromptStyle, style_name: str, config: SampleConfig
+    examples: Sequence[Example], backend: Backend, style: PromptStyle, style_name: str, config: SampleConfig,
+    generator: Backend,
 ) -> list[dict[str, Any]]:
     """:func:`_sample_batch`; on an exception, one example at a time, failures recorded."""
     try:
-        return _sample_batch(examples, backend, style, style_name, config)
+        return _sample_batch(examples, backend, style, style_name, config, generator)
     except Exception as err:  # noqa: BLE001 - the backend is a boundary: isolate the failing example
         if len(examples) > 1:
             logger.warning("sampling a batch failed (%s); retrying its %d examples one by one", err, len(examples))
-            return [r for ex in examples for r in _sample_isolated([ex], backend, style, style_name, config)]
+            return [r for ex in examples for r in _sample_isolated([ex], backend, style, style_name, config, generator)]
         logger.warning("example %s failed: %s", examples[0].id if examples else "?", err)
         failed = _sample_record(Selection(well_formed=False, error=f"{type(err).__name__}: {err}"), None)
         return [
             {**ex.model_copy(update={"passages": ex.passages[: config.top_n]}).model_dump(mode="json"),
-             "prompt_style": style_name, "samples": [dict(failed) for _ in range(config.n)]}
+             "prompt_style": style_name, "passage_words": config.passage_words,
+             "samples": [dict(failed) for _ in range(config.n)]}
             for ex in examples
         ]
 
 
 def _sample_batch(
-    examples: Sequence[Example], backend: Backend, style: PromptStyle, style_name: str, config: SampleConfig
+    examples: Sequence[Example], backend: Backend, style: PromptStyle, style_name: str, config: SampleConfig,
+    generator_backend: Backend,
 ) -> list[dict[str, Any]]:
     shown = [ex.model_copy(update={"passages": ex.passages[: config.top_n]}) for ex in examples]
 
@@ -157,6 +174,7 @@ def _sample_batch(
         max_new_tokens=config.rerank_max_new_tokens,
         temperature=config.temperature,
         constrained=config.constrained,
+        passage_words=config.passage_words,
     )
     samples = reranker.sample(shown, config.n, top_p=config.top_p, seed=config.seed)  # (examples, n)
 
@@ -169,13 +187,14 @@ def _sample_batch(
             if sel.error is None and key not in job_of:
                 job_of[key] = len(jobs)
                 jobs.append((e, sel))
-    generator = Generator(backend, style, max_new_tokens=config.answer_max_new_tokens, temperature=0.0)
+    generator = Generator(generator_backend, style, max_new_tokens=config.answer_max_new_tokens, temperature=0.0)
     answers = generator.answer([shown[e] for e, _ in jobs], [sel for _, sel in jobs])
 
     records = []
     for e, (ex, sels) in enumerate(zip(shown, samples)):
         record = ex.model_dump(mode="json")
         record["prompt_style"] = style_name
+        record["passage_words"] = config.passage_words
         record["samples"] = [
             _sample_record(sel, answers[job_of[(e, tuple(sel.ids))]] if sel.error is None else None) for sel in sels
         ]
