@@ -573,7 +573,7 @@ def label(
     scorer: str = typer.Option("embedding", "--scorer", help="Teacher: embedding | monot5:MODEL (the paper) | cross-encoder:MODEL | causal:[MODEL] | utility[:MODEL] (the generator's likelihood of the gold answer; default the bundled SmolLM2)"),
     top_n: int = typer.Option(10, "--top-n", help="Passages labelled per example (the reranker's training candidates)"),
     rule: Optional[str] = typer.Option(None, "--rule", help="teacher_and_answer | teacher (the paper) | answer | teacher_or_answer (default: teacher for utility, else teacher_and_answer)"),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help="Teacher score above which a passage is relevant (default by scorer: monot5 log 0.5, cross-encoder 0, embedding 0.45; utility: the nats a passage must add, 0.5)"),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Teacher score above which a passage is relevant (default by scorer: monot5 log 0.5, cross-encoder 0, embedding 0.45; utility: the nats a passage must add, 1.0)"),
     top_m: Optional[int] = typer.Option(None, "--top-m", help="Only the top M teacher scores can be relevant, 0: no cap (default: embedding 3, utility 5 = the longest expert list, others 0)"),
     prompt_style: str = typer.Option("default", "--prompt-style", help="utility: the generator prompt scored (default | official | a YAML path)"),
     tie_margin: float = typer.Option(0.1, "--tie-margin", help="utility: utilities closer than this (nats) are ties, broken toward retrieval order"),

@@ -49,12 +49,14 @@ def test_a_run_folder_refuses_another_config(tmp_path):
 
 
 TINY = {
-    "top_n": 4, "passage_words": 20, "label_nq": 3, "label_hotpot": 1, "dpo_pool": 2,
+    "top_n": 3, "passage_words": 20, "label_nq": 3, "label_hotpot": 1, "dpo_pool": 2,
     "label": {"max_answers": 1, "top_m": 2},
     "sft_steps": 1,
     "sft": {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 1, "max_length": 512, "lora_r": 4,
             "lora_alpha": 8, "learning_rate": 1e-3, "save_steps": 1, "logging_steps": 1},
-    "sample_n": 3, "sample_temperature": 1.0, "answer_tokens": 4,
+    # Constrained sampling: a model after one SFT step writes no id list of its own, and pairs
+    # need lists that differ.
+    "sample_n": 3, "sample_temperature": 1.0, "sample_constrained": True, "answer_tokens": 4,
     "reward": {"match_weight": 0.4, "length_weight": 0.05},
     "dpo_steps": 1,
     "dpo": {"per_device_train_batch_size": 1, "gradient_accumulation_steps": 1, "max_length": 512, "lora_r": 4,
@@ -78,9 +80,11 @@ def test_tiny_recipe_end_to_end_then_resumes_only_what_is_missing(shared_data, t
 
     stages = json.loads((out / "stages.json").read_text())
     assert list(stages) == list(STAGES) and all(s["state"] == "done" and s["runs"] == 1 for s in stages.values())
+    assert (out / "dpo" / "adapter" / "adapter_config.json").exists()  # DPO ran, from the SFT adapter
+    assert json.loads((out / "pairs" / "pairs_stats.json").read_text())["reranker_pairs"] >= 1
     labelled = [json.loads(line) for line in (out / "label" / "nq.jsonl").read_text().splitlines()]
     assert [r["id"] for r in labelled] == ["nq-open-oracle-201", "nq-open-oracle-202", "nq-open-oracle-203"]
-    assert all("expert" in r["extra"] and len(r["passages"]) == 4 for r in labelled)
+    assert all("expert" in r["extra"] and len(r["passages"]) == 3 for r in labelled)
     # The word cap reached the reranker's training prompts and the sampling.
     from dynamicrag.prompts import load_style, reranker_chat
     from dynamicrag.train import read_labelled
@@ -101,9 +105,10 @@ def test_tiny_recipe_end_to_end_then_resumes_only_what_is_missing(shared_data, t
 
     manifest = read_manifest(adapter)
     assert (manifest.role, manifest.base_model, manifest.passage_words, manifest.top_n) == (
-        "reranker", "smollm2-135m-instruct", 20, 4)
+        "reranker", "smollm2-135m-instruct", 20, 3)
     assert manifest.training["slices"] == {"nq": [200, 203], "hotpotqa": [0, 1]}
     assert manifest.training["command"].startswith("dynamicrag train recipe --config ")
+    assert manifest.training["stages"].endswith("-> dpo")
     assert set(manifest.evaluation["nq"]) == {"dynamic", "top-1"} and manifest.evaluation["hotpotqa"]["top-1"]["n"] == 1
     assert set(manifest.training["wall_seconds"]) == set(STAGES)
 

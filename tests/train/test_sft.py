@@ -174,7 +174,11 @@ def test_the_saved_adapter_on_the_base_model_is_the_merged_model(trained):
     adapter = Path(config.output_dir) / "adapter"
     meta = json.loads((adapter / "adapter_config.json").read_text())
     assert meta["base_model_name_or_path"] == "smollm2-135m-instruct"  # no machine-local path: it can ship
-    assert (adapter / "adapter_model.safetensors").stat().st_size < 5_000_000  # a few MB at r 8
+    from safetensors.torch import load_file
+
+    weights = load_file(str(adapter / "adapter_model.safetensors"))
+    assert weights and all("lora_A" in k or "lora_B" in k for k in weights)  # LoRA only: no base weights
+    assert (adapter / "adapter_model.safetensors").stat().st_size < 12_000_000  # r 8, all-linear, fp32: ~10 MB
     base = AutoModelForCausalLM.from_pretrained(resolve_model(None))
     with_adapter = PeftModel.from_pretrained(base, str(adapter)).eval()
     plain = AutoModelForCausalLM.from_pretrained(merged).eval()

@@ -133,7 +133,7 @@ def test_prepare_honours_an_explicit_order_against_the_scores_and_none():
 
 def test_utility_config_defaults_and_errors():
     config = LabelConfig(scorer="utility")
-    assert (config.threshold, config.top_m, config.rule.value) == (0.5, 5, "teacher")
+    assert (config.threshold, config.top_m, config.rule.value) == (1.0, 5, "teacher")
     assert LabelConfig().rule.value == "teacher_and_answer"
     with pytest.raises(ValueError, match="answer_form"):
         LabelConfig(scorer="utility", answer_form="essay")
@@ -183,3 +183,24 @@ def test_loglikelihood_matches_a_plain_forward_pass(smollm):
         assert got == pytest.approx(expected, abs=1e-3)
         assert stats["forward_passes"] >= 2 and stats["tokens"] > 0
     assert expected[0] > expected[1]  # the bare answer is likelier than a sentence around it
+
+
+@pytest.mark.slow
+def test_label_command_with_the_utility_teacher(shared_data, tmp_path, smollm):
+    import json
+
+    from typer.testing import CliRunner
+
+    from dynamicrag.cli import app
+
+    out = tmp_path / "labelled.jsonl"
+    result = CliRunner().invoke(app, [
+        "label", "--input", str(shared_data / "hotpotqa" / "hotpotqa_train.json"), "--output", str(out),
+        "--limit", "1", "--top-n", "3", "--scorer", "utility", "--max-answers", "1", "--tie-margin", "0.2",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "utility teacher" in result.output and "tokens run" in result.output
+    [record] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert record["extra"]["label_rule"] == "teacher" and record["extra"]["utility"]["tie_margin"] == 0.2
+    expert = record["extra"]["expert"]
+    assert [p["extra"]["teacher_relevant"] for p in record["passages"]] == [i + 1 in expert for i in range(3)]

@@ -98,6 +98,10 @@ class RecipeConfig:
     sft: dict[str, Any] = field(default_factory=dict, metadata={"help": "Other SFTRunConfig fields (lora_r, lr, ...)."})
     sample_n: int = field(default=8, metadata={"help": "Id lists sampled per DPO-pool question."})
     sample_temperature: float = field(default=0.4, metadata={"help": "Sampling temperature of the id lists."})
+    sample_constrained: bool = field(
+        default=False,
+        metadata={"help": "Sample the id lists under the id grammar (every list well-formed; the original: free)."},
+    )
     answer_tokens: int = field(default=48, metadata={"help": "Cap on every generated answer (sample and eval)."})
     reward: dict[str, Any] = field(default_factory=dict, metadata={"help": "RewardConfig fields (weights, ...)."})
     dpo_steps: int = field(default=15, metadata={"help": "DPO optimizer steps; 0: no DPO (the SFT adapter ships)."})
@@ -282,7 +286,8 @@ class Recipe:
         mine = dataclasses.asdict(self.config)
         if path.exists():
             stored = json.loads(path.read_text("utf-8"))
-            changed = sorted(k for k in set(stored) | set(mine) if stored.get(k) != mine.get(k))
+            # Where the data lives is not a setting of the run (a relative or absolute path).
+            changed = sorted(k for k in set(stored) | set(mine) - {"data"} if stored.get(k) != mine.get(k))
             if changed:
                 raise ValueError(
                     f"{self.out} holds a recipe run with another config (fields {changed} differ); "
@@ -408,6 +413,7 @@ class Recipe:
             # generator's answers. When the generator is trained too, the SFT model answers.
             generator = reranker if "generator" in c.roles else self.base_backend()
             config = SampleConfig(n=c.sample_n, temperature=c.sample_temperature, top_n=c.top_n,
+                                  constrained=c.sample_constrained,
                                   answer_max_new_tokens=c.answer_tokens, passage_words=c.passage_words, seed=c.seed)
             _write_resumable(path, pool, 4,
                              lambda batch: sample_trajectories(batch, reranker, c.prompt_style, config, generator))
