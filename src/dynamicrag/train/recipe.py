@@ -82,7 +82,7 @@ class RecipeConfig:
     )
     nq_slice: list[int] = field(default_factory=lambda: [200, 2655], metadata={"help": "NQ training slice [start, end)."})
     hotpot_slice: list[int] = field(default_factory=lambda: [0, 70], metadata={"help": "HotpotQA training slice."})
-    label_nq: int = field(default=400, metadata={"help": "NQ training questions labelled: the first of nq_slice."})
+    label_nq: int = field(default=300, metadata={"help": "NQ training questions labelled: the first of nq_slice."})
     label_hotpot: int = field(default=70, metadata={"help": "HotpotQA training questions labelled."})
     teacher: str = field(default="utility", metadata={"help": "Label teacher (label --scorer)."})
     label: dict[str, Any] = field(
@@ -94,7 +94,7 @@ class RecipeConfig:
         default_factory=lambda: ["reranker"],
         metadata={"help": "Roles trained: [reranker] | [generator] | [reranker, generator] (the paper's mix)."},
     )
-    sft_steps: int = field(default=30, metadata={"help": "SFT optimizer steps."})
+    sft_steps: int = field(default=24, metadata={"help": "SFT optimizer steps."})
     sft: dict[str, Any] = field(default_factory=dict, metadata={"help": "Other SFTRunConfig fields (lora_r, lr, ...)."})
     sample_n: int = field(default=8, metadata={"help": "Id lists sampled per DPO-pool question."})
     sample_temperature: float = field(default=0.4, metadata={"help": "Sampling temperature of the id lists."})
@@ -408,10 +408,11 @@ class Recipe:
         pool = self._pool()
 
         def work() -> None:
-            reranker = load_backend("transformers", str(self.out / "sft" / "merged"))
-            # A reranker-only adapter serves the base generator: its lists are judged by that
-            # generator's answers. When the generator is trained too, the SFT model answers.
-            generator = reranker if "generator" in c.roles else self.base_backend()
+            sft = load_backend("transformers", str(self.out / "sft" / "merged"))
+            # Each role is played by the model that will play it at inference: a reranker-only
+            # adapter's lists are judged by the base generator's answers, and so on.
+            reranker = sft if "reranker" in c.roles else self.base_backend()
+            generator = sft if "generator" in c.roles else self.base_backend()
             config = SampleConfig(n=c.sample_n, temperature=c.sample_temperature, top_n=c.top_n,
                                   constrained=c.sample_constrained,
                                   answer_max_new_tokens=c.answer_tokens, passage_words=c.passage_words, seed=c.seed)
@@ -497,8 +498,9 @@ class Recipe:
         trained = load_backend("transformers", str(self.trained_model()))
         generator = Generator(trained if "generator" in c.roles else self.base_backend(), style,
                               max_new_tokens=c.answer_tokens)
-        rows = {"dynamic": make_reranker("dynamic", trained, style, passage_words=c.passage_words)}
-        rows.update({f"top-{k}": make_reranker("topk", trained, style, k=k) for k in c.eval_fixed_k})
+        reranker = trained if "reranker" in c.roles else self.base_backend()
+        rows = {"dynamic": make_reranker("dynamic", reranker, style, passage_words=c.passage_words)}
+        rows.update({f"top-{k}": make_reranker("topk", reranker, style, k=k) for k in c.eval_fixed_k})
         benches = {
             "nq": (load_examples(self.data / c.nq_file, task="nq", skip=HELD_APART["nq"][0], limit=c.eval_nq),
                    self.retriever()),
