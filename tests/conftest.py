@@ -48,3 +48,15 @@ def nq(shared_data: Path) -> NQCorpus:
     gold = [ex.passages[0] for ex in examples]
     wiki = load_corpus(shared_data / "nq" / "flashrag_wiki_sample.jsonl")
     return NQCorpus(gold + wiki, [ex.question for ex in examples], [p.id for p in gold])
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(tmp_path_factory) -> Path:
+    """A LoRA adapter of the bundled model (rank 16 on every linear layer, random non-zero
+    weights) with a reranker manifest: base smollm2-135m-instruct, 30 words per passage,
+    constrained decoding, top 5 candidates."""
+    from tiny_lora import write_manifest_json, write_tiny_adapter
+
+    folder = write_tiny_adapter(tmp_path_factory.mktemp("adapters") / "tiny-reranker")
+    write_manifest_json(folder, passage_words=30, constrained=True, top_n=5, prompt_style="default")
+    return folder

@@ -155,3 +155,23 @@ def test_bad_backend_options_are_clear_errors(shared_data, tmp_path, option, mes
         "--backend-option", option,
     ])
     assert result.exit_code == 2 and message in result.output
+
+
+@pytest.mark.slow
+def test_infer_cuts_k_by_the_retrievers_scores_with_adaptive_k_and_threshold(shared_data, nq_index, tmp_path, smollm):
+    questions = shared_data / "nq" / "flashrag_nq_test.jsonl"
+    common = ["--input", questions, "--index", nq_index, "--top-n", "6", "--limit", "3", "--max-new-tokens", "8"]
+    invoke("infer", *common, "--output", tmp_path / "adaptive.jsonl", "--reranker", "adaptive-k",
+           "--scorer", "retriever", "--buffer", "1")
+    for record in (r for _, r in read_jsonl(tmp_path / "adaptive.jsonl")):
+        scores = [p["score"] for p in record["passages"]]
+        gaps = [scores[i] - scores[i + 1] for i in range(len(scores) - 1)]
+        cut = gaps.index(max(gaps)) + 1  # BM25 order is score order: the largest gap, plus the buffer of 1
+        assert record["selected"] == list(range(1, cut + 2)) and record["answer"] and record["error"] is None
+    invoke("infer", *common, "--output", tmp_path / "drop.jsonl", "--reranker", "threshold",
+           "--scorer", "retriever", "--max-drop", "0.1")
+    for record in (r for _, r in read_jsonl(tmp_path / "drop.jsonl")):
+        scores = [p["score"] for p in record["passages"]]
+        assert record["selected"] == [i for i, s in enumerate(scores, 1) if scores[0] - s <= 0.1 * abs(scores[0])]
+    result = runner.invoke(app, ["infer", *map(str, common), "--output", str(tmp_path / "x.jsonl"), "--reranker", "threshold"])
+    assert result.exit_code == 2 and "--reranker threshold needs --threshold, --max-drop or both" in result.output

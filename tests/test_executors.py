@@ -5,6 +5,7 @@ The CLI's Ray runs, compared with local ones record for record, are in tests/tes
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -84,3 +85,38 @@ def test_ray_keeps_input_order_across_workers_and_raises_where_it_failed():
             with pytest.raises(FileNotFoundError, match="no model at /nowhere"):
                 next(ex.map_batches(broken_factory, ["a"], 1))
     assert not ray.is_initialized()  # the executor that started Ray shut it down
+
+
+def records_factory():
+    return lambda batch: [{"id": item["id"], "double": item["n"] * 2} for item in batch]
+
+
+def test_run_resumable_appends_only_the_items_not_yet_written_and_reports_progress(tmp_path):
+    from dynamicrag.executors import run_resumable
+
+    items = [{"id": f"i{n}", "n": n} for n in range(5)]
+    out = tmp_path / "out.jsonl"
+    assert run_resumable(items[:2], out, 2, records_factory) == 2
+    progress: list[tuple[int, int]] = []
+    assert run_resumable(items, out, 2, records_factory, on_progress=lambda *p: progress.append(p)) == 3
+    assert progress == [(2, 5), (4, 5), (5, 5)]  # before the first batch, then after each
+    assert [json.loads(line)["double"] for line in out.read_text().splitlines()] == [0, 2, 4, 6, 8]
+
+
+def test_run_resumable_refuses_other_input_other_settings_and_unknown_settings(tmp_path):
+    from dynamicrag.executors import ResumeError, run_resumable, settings_path
+
+    items = [{"id": f"i{n}", "n": n} for n in range(3)]
+    out = tmp_path / "out.jsonl"
+    run_resumable(items[:2], out, 2, records_factory, settings={"model": "a", "k": [1, 2]})
+    assert settings_path(out) == tmp_path / "out.settings.json" and settings_path(out).exists()
+    before = out.read_bytes()
+    with pytest.raises(ResumeError, match=r"out.jsonl, line 1: record id 'i0', but input record 1 of this run is 'i1'"):
+        run_resumable(items[1:], out, 2, records_factory, settings={"model": "a", "k": [1, 2]})
+    with pytest.raises(ResumeError, match=r"2 records written with other settings \(k: \[1, 2\] -> \[1, 3\]; model: a -> b\)"):
+        run_resumable(items, out, 2, records_factory, settings={"model": "b", "k": (1, 3)})
+    assert run_resumable(items, out, 2, records_factory, settings={"k": (1, 2), "model": "a"}) == 1  # tuples = lists
+    settings_path(out).unlink()  # a file from before settings were kept
+    with pytest.raises(ResumeError, match="3 records written without out.settings.json, so their settings are unknown"):
+        run_resumable(items, out, 2, records_factory, settings={"model": "a", "k": [1, 2]})
+    assert out.read_bytes().startswith(before)

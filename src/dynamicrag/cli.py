@@ -37,6 +37,9 @@ class RerankerKind(str, Enum):
     topk = "topk"
     pointwise = "pointwise"
     listwise = "listwise"
+    adaptive_k = "adaptive-k"  # training-free dynamic k: the largest score gap (dynamicrag.rerank.cutoff)
+    threshold = "threshold"  # training-free dynamic k: a score threshold / drop from the top score
+    gold = "gold"  # the passages the data marks gold: a ceiling
 
 
 class ExecutorKind(str, Enum):  # dynamicrag.executors.EXECUTORS
@@ -44,12 +47,37 @@ class ExecutorKind(str, Enum):  # dynamicrag.executors.EXECUTORS
     ray = "ray"
 
 
-# Options shared by the commands that run models.
+# Options shared by the commands that run models. In the commands with two roles (infer, ask,
+# serve, sample) they describe both the reranker and the generator, unless a role names its
+# own backend (the role options below; dynamicrag.build.role_configs).
 BackendOpt = typer.Option("transformers", "--backend", help="transformers | openai | vllm | llamacpp")
 ModelOpt = typer.Option(None, "--model", help="HF id or path; default: the bundled SmolLM2-135M-Instruct")
 BaseUrlOpt = typer.Option(None, "--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
 BackendOptionsOpt = typer.Option(
     None, "--backend-option", help="KEY=VALUE passed to the backend, repeatable (e.g. batch_size=16, guided_decoding=grammar)"
+)
+# Each role's own model, adapter and backend (dynamicrag.build.PipelineConfig).
+RerankerModelOpt = typer.Option(None, "--reranker-model", help="The reranker's model (default: --model)")
+RerankerAdapterOpt = typer.Option(
+    None, "--reranker-adapter",
+    help="auto (default): the reranker adapter shipped for this base model, if one ships | none: the untrained "
+    "base model | a LoRA adapter folder | a shipped adapter's name",
+)
+RerankerBackendOpt = typer.Option(None, "--reranker-backend", help="The reranker's backend (default: --backend)")
+RerankerBaseUrlOpt = typer.Option(None, "--reranker-base-url", help="OpenAI-compatible server for the reranker")
+GeneratorModelOpt = typer.Option(None, "--generator-model", help="The generator's model (default: --model)")
+GeneratorAdapterOpt = typer.Option(
+    None, "--generator-adapter", help="none (default): the base model | auto | a LoRA adapter folder | a shipped adapter's name"
+)
+GeneratorBackendOpt = typer.Option(
+    None, "--generator-backend", help="The generator's backend (default: --backend), e.g. openai while the reranker runs here"
+)
+GeneratorBaseUrlOpt = typer.Option(None, "--generator-base-url", help="OpenAI-compatible server for the generator")
+RoleStyleOpt = typer.Option(
+    None, "--prompt-style", help="default | official (released checkpoints) | a YAML path (default: the reranker adapter's, else default)"
+)
+PassageWordsOpt = typer.Option(
+    None, "--passage-words", min=0, help="Words of each passage shown to the reranker, 0: all (default: the reranker adapter's, else all)"
 )
 LimitOpt = typer.Option(None, "--limit", help="Only N examples (the first N after --skip)")
 SkipOpt = typer.Option(0, "--skip", min=0, help="Leave out the first N examples (e.g. a held-apart slice)")
@@ -62,11 +90,12 @@ RerankTokensOpt = typer.Option(
 )
 AnswerTokensOpt = typer.Option(200, "--max-new-tokens", help="Cap on the generator's answer (paper: 200)")
 ConstrainedOpt = typer.Option(
-    False, "--constrained/--free", help="Constrain reranker decoding to the id grammar ([i], [j] or None)"
+    None, "--constrained/--free",
+    help="Constrain reranker decoding to the id grammar ([i], [j] or None) (default: the reranker adapter's, else free)",
 )
-# The reranker prompt's word cap per passage: the same in prepare, sample and inference.
-PassageWordsOpt = typer.Option(
-    None, "--passage-words", min=1, help="Words shown of each passage in the reranker prompt (default: all); use the same cap in prepare, sample and inference"
+# The reranker prompt's word cap per passage in training data: the same in prepare, sample and inference.
+TrainPassageWordsOpt = typer.Option(
+    None, "--passage-words", min=1, help="Words shown of each passage in the reranker prompt (default: all); use the same cap in sample and at inference"
 )
 # Where the batches of infer, label, sample and reward run (dynamicrag.executors).
 ExecutorOpt = typer.Option(
@@ -94,16 +123,10 @@ def _backend_spec(name: str, model: str | None, base_url: str | None, options: l
     model loads, wherever the stage then runs (this process or Ray workers)."""
     import inspect
 
-    import yaml
-
     from dynamicrag.llm import backend_class
 
     kwargs: dict = {"base_url": base_url} if base_url else {}
-    for option in options or []:
-        key, sep, value = option.partition("=")
-        if not sep or not key:
-            _fail(f"--backend-option takes KEY=VALUE, got {option!r}")
-        kwargs[key.strip()] = yaml.safe_load(value)  # 16 -> int, true -> bool, text stays text
+    kwargs.update(_backend_options(options))
     try:
         inspect.signature(backend_class(name)).bind_partial(**kwargs)
     except (TypeError, ValueError) as err:
@@ -126,24 +149,61 @@ def _index_path(index_dir: Path | None) -> str | None:
     return str(index_dir.resolve())
 
 
-def _pipeline(
-    backend, style: str, reranker: RerankerKind, retriever, top_n: int, answer_tokens: int = 200,
-    retrieve: bool = False, **reranker_options
-):
-    from dynamicrag.generate import Generator
-    from dynamicrag.pipeline import Pipeline
-    from dynamicrag.prompts import load_style
-    from dynamicrag.rerank import make_reranker
+def _backend_options(options: list[str] | None) -> dict:
+    """``--backend-option KEY=VALUE`` pairs as a dict (16 -> int, true -> bool, text stays text)."""
+    import yaml
 
-    prompt_style = load_style(style)
-    chooser = make_reranker(reranker.value, backend, prompt_style, **reranker_options)
-    generator = Generator(backend, prompt_style, max_new_tokens=answer_tokens)
-    return Pipeline(chooser, generator, retriever=retriever, top_n=top_n, retrieve=retrieve)
+    kwargs: dict = {}
+    for option in options or []:
+        key, sep, value = option.partition("=")
+        if not sep or not key:
+            _fail(f"--backend-option takes KEY=VALUE, got {option!r}")
+        kwargs[key.strip()] = yaml.safe_load(value)
+    return kwargs
+
+
+def _pipeline_config(
+    *, backend: str, model, base_url, backend_options, prompt_style, reranker_model=None, reranker_adapter=None,
+    reranker_backend=None, reranker_base_url=None, generator_model=None, generator_adapter=None,
+    generator_backend=None, generator_base_url=None, fallbacks: dict | None = None, **method,
+):
+    """The commands' role and method options as one resolved :class:`~dynamicrag.build.PipelineConfig`.
+
+    Checked here, before any model loads (adapter folders, manifests, backend options), so a bad
+    option fails at once wherever the stage then runs; ``fallbacks`` are the command's defaults
+    for what neither the options nor the reranker adapter's manifest set.
+    """
+    from dynamicrag.build import PipelineConfig, resolve_config, role_configs
+
+    roles = role_configs(
+        backend=backend, model=model, base_url=base_url, backend_options=_backend_options(backend_options),
+        prompt_style=prompt_style,
+        reranker={"model": reranker_model, "adapter": reranker_adapter, "backend": reranker_backend,
+                  "base_url": reranker_base_url},
+        generator={"model": generator_model, "adapter": generator_adapter, "backend": generator_backend,
+                   "base_url": generator_base_url},
+    )
+    try:
+        config = resolve_config(PipelineConfig(**roles, **method), **(fallbacks or {}))
+    except (FileNotFoundError, ValueError) as err:  # pydantic's ValidationError is a ValueError
+        _fail(str(err))
+    for role in ("reranker", "generator"):
+        adapter = getattr(config, role).adapter
+        if adapter != "none":
+            console.print(f"{role}: adapter {adapter}")
+    return config
 
 
 def _fail(message: str) -> None:
     console.print(f"[red]error:[/red] {message}")
     raise typer.Exit(2)
+
+
+def _print_table(table: Table) -> None:
+    """Every summary table goes through here: rich where it fits, else markdown (never cut)."""
+    from dynamicrag.console_tables import print_table
+
+    print_table(table, console)
 
 
 def _executor(kind: ExecutorKind, address: str | None, workers: int, worker_gpus: float):
@@ -157,39 +217,26 @@ def _executor(kind: ExecutorKind, address: str | None, workers: int, worker_gpus
 
 
 def _run_resumable(stage: str, items: list, output: Path, batch_size: int, fn_factory, executor) -> int:
-    """Run the stage's batch function (``fn_factory()``, built where the batches run) over the
-    items not yet in ``output`` on ``executor``, appending the records in input order with a
-    progress bar; a killed run, local or on Ray, resumes after the records already written.
+    """:func:`dynamicrag.executors.run_resumable` with a progress bar; an output of other
+    input is an error. Returns how many items this run processed."""
+    from dynamicrag.executors import ResumeError, run_resumable
 
-    Returns:
-        How many items this run processed.
-    """
-    from dynamicrag.data import ResumableJsonlWriter
+    with Progress(TextColumn(stage), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console) as progress:
+        bar = None
 
-    with executor, ResumableJsonlWriter(output) as writer:
-        _check_resumed_ids(items, writer, output)
-        todo = items[writer.done :]
-        if writer.done:
-            console.print(f"resuming: {writer.done} of {len(items)} records already in {output}")
-        with Progress(
-            TextColumn(stage), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
-        ) as progress:
-            bar = progress.add_task(stage, total=len(items), completed=writer.done)
-            for records in executor.map_batches(fn_factory, todo, batch_size):
-                for record in records:
-                    writer.write(record)
-                progress.advance(bar, len(records))
-    return len(todo)
+        def show(done: int, total: int) -> None:
+            nonlocal bar
+            if bar is None:
+                if done:
+                    progress.console.print(f"resuming: {done} of {total} records already in {output}")
+                bar = progress.add_task(stage, total=total, completed=done)
+            progress.update(bar, completed=done)
 
-
-def _check_resumed_ids(items: list, writer, output: Path) -> None:
-    """Resuming is by position: the records already written must be those of the first items,
-    or the new records would be appended to another input's (a changed file, another --skip)."""
-    for line, (written, item) in enumerate(zip(writer.ids, items), 1):
-        want = item.get("id") if isinstance(item, dict) else getattr(item, "id", None)
-        if written is not None and want is not None and written != str(want):
-            _fail(f"{output}, line {line}: record id {written!r}, but input record {line} of this run is {want!r}: "
-                  "the output was written from other input (or another --skip); choose another --output")
+        try:
+            return run_resumable(items, output, batch_size, fn_factory, executor, on_progress=show)
+        except ResumeError as err:
+            progress.stop()
+            _fail(str(err))
 
 
 # The stages' batch functions are built by these factories where the batches run: in this
@@ -198,12 +245,12 @@ def _check_resumed_ids(items: list, writer, output: Path) -> None:
 # called; load_backend and load_index keep one copy per process.
 
 
-def _infer_fn(backend: dict, index_dir: str | None, retrieve: bool, **pipeline_options):
-    from dynamicrag.llm import load_backend
+def _infer_fn(config, index_dir: str | None):
+    from dynamicrag.build import build_pipeline
     from dynamicrag.retrieve import load_index
 
     retriever = load_index(index_dir) if index_dir else None
-    return _pipeline(load_backend(**backend), retriever=retriever, retrieve=retrieve, **pipeline_options).run
+    return build_pipeline(config, retriever).run
 
 
 def _retrieve_fn(index_dir: str, top_n: int):
@@ -229,17 +276,17 @@ def _label_fn(config, index_dir: str | None, retrieve: bool):
     return label_batch
 
 
-def _sample_fn(backend: dict, index_dir: str | None, prompt_style: str, config, generator: dict | None = None):
-    from dynamicrag.llm import load_backend
+def _sample_fn(roles, index_dir: str | None, config):
+    from dynamicrag.build import role_backend
     from dynamicrag.pipeline import with_passages
     from dynamicrag.retrieve import load_index
     from dynamicrag.train.sample import sample_trajectories
 
-    llm = load_backend(**backend)
-    answerer = load_backend(**generator) if generator else None
+    reranker, generator = role_backend(roles.reranker), role_backend(roles.generator)
     retriever = load_index(index_dir) if index_dir else None
     return lambda batch: sample_trajectories(
-        with_passages(batch, retriever, config.top_n), llm, prompt_style, config, generator=answerer
+        with_passages(batch, retriever, config.top_n), reranker, roles.reranker.prompt_style, config,
+        generator_backend=generator,
     )
 
 
@@ -358,12 +405,17 @@ def infer(
     input: Path = typer.Option(..., "--input", help="Questions: any supported examples format"),
     output: Path = typer.Option(..., "--output", help="Results JSONL (resumed if it exists)"),
     index_dir: Optional[Path] = typer.Option(None, "--index", help="Index for examples without their own passages"),
-    top_n: int = typer.Option(40, "--top-n", help="Candidates the reranker sees"),
+    top_n: Optional[int] = typer.Option(
+        None, "--top-n", min=1, help="Candidates the reranker sees (default: the reranker adapter's, else 40)"
+    ),
     window: Optional[int] = typer.Option(None, "--window", help="Passages per reranker call (dynamic: 40, listwise: 20)"),
     reranker: RerankerKind = typer.Option(RerankerKind.dynamic, "--reranker"),
     k: int = typer.Option(5, "--k", help="Passages kept by --reranker topk|pointwise|listwise"),
-    scorer: str = typer.Option("embedding", "--scorer", help="Pointwise scorer: embedding | monot5:MODEL | cross-encoder:MODEL | causal:[MODEL]"),
+    scorer: str = typer.Option("embedding", "--scorer", help="Scorer of pointwise | adaptive-k | threshold: embedding | monot5:MODEL | cross-encoder:MODEL | causal:[MODEL] | retriever (the index's scores)"),
     stride: int = typer.Option(10, "--stride", help="Listwise sliding-window step"),
+    buffer: int = typer.Option(0, "--buffer", min=0, help="--reranker adaptive-k: extra passages kept below the largest score gap"),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="--reranker threshold: lowest --scorer score kept"),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", min=0.0, help="--reranker threshold: largest drop from the top score kept, as a share of it (0.2: within 20 %)"),
     task: Optional[str] = typer.Option(None, "--task", help="Task of every example (default: detected)"),
     limit: Optional[int] = LimitOpt,
     skip: int = SkipOpt,
@@ -373,8 +425,17 @@ def infer(
     model: Optional[str] = ModelOpt,
     base_url: Optional[str] = BaseUrlOpt,
     backend_options: Optional[list[str]] = BackendOptionsOpt,
-    prompt_style: str = StyleOpt,
-    constrained: bool = ConstrainedOpt,
+    reranker_model: Optional[str] = RerankerModelOpt,
+    reranker_adapter: Optional[str] = RerankerAdapterOpt,
+    reranker_backend: Optional[str] = RerankerBackendOpt,
+    reranker_base_url: Optional[str] = RerankerBaseUrlOpt,
+    generator_model: Optional[str] = GeneratorModelOpt,
+    generator_adapter: Optional[str] = GeneratorAdapterOpt,
+    generator_backend: Optional[str] = GeneratorBackendOpt,
+    generator_base_url: Optional[str] = GeneratorBaseUrlOpt,
+    prompt_style: Optional[str] = RoleStyleOpt,
+    constrained: Optional[bool] = ConstrainedOpt,
+    passage_words: Optional[int] = PassageWordsOpt,
     reranker_tokens: Optional[int] = RerankTokensOpt,
     answer_tokens: int = AnswerTokensOpt,
     executor: ExecutorKind = ExecutorOpt,
@@ -395,11 +456,19 @@ def infer(
         _fail("--retrieve needs --index")
     if index_dir is None and any(not ex.passages for ex in examples) and reranker is not RerankerKind.none:
         console.print("[yellow]warning:[/yellow] some examples have no passages and no --index was given")
-    infer_fn = partial(
-        _infer_fn, _backend_spec(backend, model, base_url, backend_options), _index_path(index_dir), retrieve,
-        style=prompt_style, reranker=reranker, top_n=top_n, answer_tokens=answer_tokens,
-        k=k, window=window, stride=stride, constrained=constrained, scorer=scorer, max_new_tokens=reranker_tokens,
+    if reranker is RerankerKind.threshold and threshold is None and max_drop is None:
+        _fail("--reranker threshold needs --threshold, --max-drop or both")
+    config = _pipeline_config(
+        backend=backend, model=model, base_url=base_url, backend_options=backend_options, prompt_style=prompt_style,
+        reranker_model=reranker_model, reranker_adapter=reranker_adapter, reranker_backend=reranker_backend,
+        reranker_base_url=reranker_base_url, generator_model=generator_model, generator_adapter=generator_adapter,
+        generator_backend=generator_backend, generator_base_url=generator_base_url,
+        kind=reranker.value, k=k, window=window, stride=stride, scorer=scorer, constrained=constrained,
+        passage_words=passage_words, reranker_max_tokens=reranker_tokens, answer_max_tokens=answer_tokens,
+        buffer=buffer, threshold=threshold, max_drop=max_drop,
+        top_n=top_n, retrieve=retrieve, fallbacks={"top_n": 40, "constrained": False},
     )
+    infer_fn = partial(_infer_fn, config, _index_path(index_dir))
 
     start = time.perf_counter()
     ran = _run_resumable(
@@ -423,7 +492,7 @@ def _print_summary(output: Path, ran: int, elapsed: float) -> None:
         str(len(records)), str(len(answered)), str(len(failed)), str(malformed), f"{mean_k:.2f}",
         f"{elapsed / ran:.2f}" if ran else "-",
     )
-    console.print(table)
+    _print_table(table)
 
 
 def default_corpus() -> Path:
@@ -445,17 +514,29 @@ def _corpus_key(corpus: Path, kind: str) -> str:
 def ask(
     question: str = typer.Argument(..., help="The question"),
     corpus: Optional[Path] = typer.Option(None, "--corpus", help="Folder of .md/.txt files or a corpus file; default: the bundled docs"),
-    top_n: int = typer.Option(10, "--top-n", help="Passages retrieved for the reranker"),
+    top_n: Optional[int] = typer.Option(
+        None, "--top-n", min=1, help="Passages retrieved for the reranker (default: the reranker adapter's, else 10)"
+    ),
     retriever: RetrieverKind = typer.Option(RetrieverKind.bm25, "--retriever"),
     backend: str = BackendOpt,
     model: Optional[str] = ModelOpt,
     base_url: Optional[str] = BaseUrlOpt,
     backend_options: Optional[list[str]] = BackendOptionsOpt,
-    prompt_style: str = StyleOpt,
-    constrained: bool = typer.Option(
-        True, "--constrained/--free",
-        help="Constrain reranker decoding to the id grammar (on by default: the bundled model is not trained as a reranker)",
+    reranker_model: Optional[str] = RerankerModelOpt,
+    reranker_adapter: Optional[str] = RerankerAdapterOpt,
+    reranker_backend: Optional[str] = RerankerBackendOpt,
+    reranker_base_url: Optional[str] = RerankerBaseUrlOpt,
+    generator_model: Optional[str] = GeneratorModelOpt,
+    generator_adapter: Optional[str] = GeneratorAdapterOpt,
+    generator_backend: Optional[str] = GeneratorBackendOpt,
+    generator_base_url: Optional[str] = GeneratorBaseUrlOpt,
+    prompt_style: Optional[str] = RoleStyleOpt,
+    constrained: Optional[bool] = typer.Option(
+        None, "--constrained/--free",
+        help="Constrain reranker decoding to the id grammar (default: the reranker adapter's; without one, on: "
+        "the base model is not trained as a reranker)",
     ),
+    passage_words: Optional[int] = PassageWordsOpt,
     reranker_tokens: Optional[int] = RerankTokensOpt,
     answer_tokens: int = AnswerTokensOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the record as JSON"),
@@ -463,8 +544,8 @@ def ask(
 ) -> None:
     """Answer QUESTION from a corpus (index built once and cached), showing the chosen passages and k."""
     _setup_logging(verbose)
+    from dynamicrag.build import build_pipeline
     from dynamicrag.data import DataError, load_corpus
-    from dynamicrag.llm import load_backend
     from dynamicrag.llm.models import cache_dir
     from dynamicrag.retrieve import build_index, load_index
     from dynamicrag.schema import Example
@@ -472,6 +553,14 @@ def ask(
     corpus = corpus or default_corpus()
     if not corpus.exists():
         _fail(f"corpus not found: {corpus}")
+    config = _pipeline_config(
+        backend=backend, model=model, base_url=base_url, backend_options=backend_options, prompt_style=prompt_style,
+        reranker_model=reranker_model, reranker_adapter=reranker_adapter, reranker_backend=reranker_backend,
+        reranker_base_url=reranker_base_url, generator_model=generator_model, generator_adapter=generator_adapter,
+        generator_backend=generator_backend, generator_base_url=generator_base_url,
+        constrained=constrained, passage_words=passage_words, reranker_max_tokens=reranker_tokens,
+        answer_max_tokens=answer_tokens, top_n=top_n, fallbacks={"top_n": 10, "constrained": True},
+    )
     index_dir = cache_dir() / "indexes" / _corpus_key(corpus, retriever.value)
     if (index_dir / "meta.json").exists():
         searcher = load_index(index_dir)
@@ -482,16 +571,11 @@ def ask(
             _fail(str(err))
         with console.status(f"indexing {len(passages)} passages of {corpus} (once)"):
             searcher = build_index(passages, index_dir, kind=retriever.value, show_progress=False)
-    spec = _backend_spec(backend, model, base_url, backend_options)
     with console.status("loading the model"):
         try:
-            llm = load_backend(**spec)
+            pipeline = build_pipeline(config, searcher)
         except (TypeError, ValueError) as err:
-            _fail(f"backend {backend!r}: {err}")
-    pipeline = _pipeline(
-        llm, prompt_style, RerankerKind.dynamic, searcher, top_n, answer_tokens,
-        constrained=constrained, max_new_tokens=reranker_tokens,
-    )
+            _fail(str(err))
     with console.status("reranking and answering"):
         record = pipeline.run([Example(id="ask", question=question)])[0]
     if as_json:
@@ -509,28 +593,91 @@ def ask(
     for rank, i in enumerate(record["selected"], 1):
         p = record["passages"][i - 1]
         table.add_row(str(rank), p["title"], p["text"][:120] + ("..." if len(p["text"]) > 120 else ""))
-    console.print(table)
+    _print_table(table)
     console.print(f"reranker output: {record['reranker_output']!r}")
 
 
 @app.command()
 def evaluate(
-    results: list[Path] = typer.Argument(..., exists=True, dir_okay=False, help="infer output JSONL files, one per run"),
+    results: Optional[list[Path]] = typer.Argument(None, exists=True, dir_okay=False, help="infer output JSONL files, one per run"),
     by: Optional[str] = typer.Option(None, "--by", help="Record field to group by, e.g. task"),
-    out: Path = typer.Option(Path("evaluation"), "--out", help="Folder for evaluation.json, evaluation.md and the plots"),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Folder for evaluation.json/.md, the plots, paired_comparison.* and diff.* (default: evaluation; with --diff alone, only printed)"
+    ),
+    baseline: Optional[Path] = typer.Option(
+        None, "--baseline", exists=True, dir_okay=False,
+        help="Compare every RUN with this run, paired by question id: difference, bootstrap CI, p (Holm), wins/ties/losses",
+    ),
+    diff: Optional[tuple[Path, Path]] = typer.Option(
+        None, "--diff", exists=True, dir_okay=False,
+        help="Two runs A B: list the questions A gets right and B wrong, and the reverse, with answers and selections",
+    ),
+    metrics: Optional[list[str]] = typer.Option(
+        None, "--metric", help="Answer metric of --baseline (repeatable; default: all the task reports) and --diff (one; default: the task's main, match for open QA)"
+    ),
+    qrels: Optional[Path] = typer.Option(
+        None, "--qrels", exists=True, dir_okay=False, help="TREC qrels (query_id 0 doc_id relevance) for the reranker metrics; query ids = record ids, doc ids = passage ids"
+    ),
+    resamples: int = typer.Option(2000, "--resamples", min=2000, help="Bootstrap resamples and permutations of --baseline"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the resampling"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Score infer outputs: answer and reranker metrics, k statistics, plots (failed records count as wrong)."""
+    """Score infer outputs: answer and reranker metrics, k statistics, plots (failed records count as wrong).
+
+    With --baseline, each run is compared with it question by question; with --diff A B, the
+    questions the two runs disagree on are listed (printed, and written to --out when given).
+    """
     _setup_logging(verbose)
     from dynamicrag.data import DataError
-    from dynamicrag.evaluate.report import evaluate_command, render_table
+
+    diff_paths = [p for p in diff or () if p is not None]
+    if not results and not diff_paths:
+        _fail("give RUN files to evaluate, or --diff A B")
+    if baseline is not None and not results:
+        _fail("--baseline compares the RUN files with it: give at least one RUN")
+    if diff_paths and metrics and len(metrics) > 1:
+        _fail(f"--diff compares one metric, got --metric {' '.join(metrics)}")
+    if results:
+        from dynamicrag.evaluate.report import evaluate_report, render_table
+
+        folder = out or Path("evaluation")
+        try:
+            report = evaluate_report(
+                results, by, folder, qrels=qrels, baseline=baseline, metrics=metrics, resamples=resamples, seed=seed
+            )
+        except (DataError, ValueError) as err:
+            _fail(str(err))
+        _print_table(render_table(report.summary))
+        if report.comparison is not None:
+            from dynamicrag.evaluate.compare import LEFT_COLUMNS, comparison_rows
+
+            headers, rows = comparison_rows(report.comparison)
+            table = Table(title=f"paired comparison against {report.comparison['baseline']} (matched by question id)")
+            for header in headers:
+                table.add_column(header, justify="left" if header in LEFT_COLUMNS else "right")
+            for row in rows:
+                table.add_row(*row)
+            _print_table(table)
+        console.print(f"wrote {', '.join(p.name for p in report.files)} in {folder}")
+    if diff_paths:
+        _print_diff(diff_paths, metrics[0] if metrics else None, out)
+
+
+def _print_diff(paths: list[Path], metric: str | None, out: Path | None) -> None:
+    from dynamicrag.data import DataError
+    from dynamicrag.evaluate.compare import MAIN, diff_markdown, diff_runs, write_diff
+    from dynamicrag.evaluate.report import load_runs
 
     try:
-        summary = evaluate_command(results, by, out)
+        runs = load_runs(paths)
+        (a_name, a), (b_name, b) = runs.items()
+        result = diff_runs(a, b, metric or MAIN, a_name=a_name, b_name=b_name)
     except (DataError, ValueError) as err:
         _fail(str(err))
-    console.print(render_table(summary))
-    console.print(f"wrote {out / 'evaluation.json'}, {out / 'evaluation.md'} and the plots in {out}")
+    typer.echo(diff_markdown(result))
+    if out is not None:
+        written = write_diff(result, out)
+        console.print(f"wrote {', '.join(p.name for p in written)} in {out}")
 
 
 @app.command()
@@ -539,18 +686,28 @@ def benchmark(
     out: Path = typer.Option(..., "--out", help="Output folder: runs/, indexes/, comparison.md/.json, plots"),
     config: Optional[Path] = typer.Option(None, "--config", help="Benchmark YAML; default: the shared-data comparison"),
     model: Optional[str] = typer.Option(None, "--model", help="Override the config's model (e.g. a trained checkpoint folder)"),
+    reranker_adapter: Optional[str] = typer.Option(
+        None, "--reranker-adapter", help="Override the config's reranker adapter (auto | none | folder | shipped name)"
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run benchmarks x rerankers with one generator and write one comparison table and plots."""
     _setup_logging(verbose)
+    from dynamicrag.build import RoleOptions
     from dynamicrag.evaluate.benchmark import default_config_path, load_config, run_benchmark
+    from dynamicrag.executors import ResumeError
 
     try:
         cfg = load_config(config or default_config_path())
+        if model:
+            cfg = cfg.model_copy(update={"model": model})
+        if reranker_adapter:
+            own = cfg.reranker or RoleOptions()
+            cfg = cfg.model_copy(update={"reranker": own.model_copy(update={"adapter": reranker_adapter})})
+        for bench, spec in cfg.runs():  # adapters and options checked before the first run
+            cfg.pipeline_config(spec, bench)
     except (ValueError, FileNotFoundError) as err:
         _fail(str(err))
-    if model:
-        cfg = cfg.model_copy(update={"model": model})
     start = time.perf_counter()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console) as progress:
         bars: dict[str, int] = {}
@@ -560,7 +717,11 @@ def benchmark(
                 bars[run] = progress.add_task(run, total=total)
             progress.update(bars[run], completed=done)
 
-        comparison = run_benchmark(cfg, data, out, on_progress)
+        try:
+            comparison = run_benchmark(cfg, data, out, on_progress)
+        except ResumeError as err:  # a run file of other input or settings: left as it is
+            progress.stop()
+            _fail(str(err))
     typer.echo((out / "comparison.md").read_text("utf-8"))
     console.print(f"wall time {time.perf_counter() - start:.0f} s; plots: {', '.join(comparison['plots'])}")
 
@@ -630,7 +791,7 @@ def label(
         str(sum(r["extra"].get("label_rule") == "teacher" for r in records)),
         f"{elapsed / ran:.2f}" if ran else "-",
     )
-    console.print(table)
+    _print_table(table)
     costs = [r["extra"]["utility"] for r in records if "utility" in r.get("extra", {})]
     if costs:
         experts = [r["extra"]["expert"] for r in records if "expert" in r["extra"]]
@@ -643,7 +804,7 @@ def label(
             f"{sum(map(len, experts)) / len(experts):.2f}", f"{mean('sequences'):.1f}",
             f"{mean('forward_passes'):.1f}", f"{mean('tokens'):.0f}",
         )
-        console.print(table)
+        _print_table(table)
 
 
 @app.command("prepare")
@@ -655,7 +816,7 @@ def prepare_cmd(
     max_generator_passages: int = typer.Option(15, "--max-generator-passages", help="Most passages in a generator prompt (original: 15)"),
     sft_fraction: float = typer.Option(0.7, "--sft-fraction", help="Share of examples for SFT; the rest is the DPO pool"),
     seed: int = typer.Option(0, "--seed", help="Split seed (same seed, same files)"),
-    passage_words: Optional[int] = PassageWordsOpt,
+    passage_words: Optional[int] = TrainPassageWordsOpt,
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Split labelled examples into SFT and DPO pools; write SFT data for TRL and LLaMA-Factory."""
@@ -680,7 +841,7 @@ def prepare_cmd(
         str(stats["reranker_records"]), str(stats["generator_records"]), str(stats["none_targets"]),
         f"{stats['mean_k']:.2f}", " ".join(f"{k}:{n}" for k, n in stats["k_distribution"].items()),
     )
-    console.print(table)
+    _print_table(table)
 
 
 @app.command()
@@ -699,11 +860,18 @@ def sample(
     model: Optional[str] = ModelOpt,
     base_url: Optional[str] = BaseUrlOpt,
     backend_options: Optional[list[str]] = BackendOptionsOpt,
-    generator_model: Optional[str] = typer.Option(None, "--generator-model", help="Model that answers each id list (same backend), e.g. smollm2-135m-instruct (the bundled base) for a reranker-only model; default: --model"),
-    prompt_style: str = StyleOpt,
+    reranker_model: Optional[str] = RerankerModelOpt,
+    reranker_adapter: Optional[str] = RerankerAdapterOpt,
+    reranker_backend: Optional[str] = RerankerBackendOpt,
+    reranker_base_url: Optional[str] = RerankerBaseUrlOpt,
+    generator_model: Optional[str] = GeneratorModelOpt,
+    generator_adapter: Optional[str] = GeneratorAdapterOpt,
+    generator_backend: Optional[str] = GeneratorBackendOpt,
+    generator_base_url: Optional[str] = GeneratorBaseUrlOpt,
+    prompt_style: Optional[str] = RoleStyleOpt,
+    passage_words: Optional[int] = PassageWordsOpt,
     constrained: bool = typer.Option(False, "--constrained/--free", help="Constrain the sampled id lists to the grammar (original: free)"),
     reranker_tokens: int = typer.Option(100, "--reranker-max-tokens", help="Cap on each id list (original: 100)"),
-    passage_words: Optional[int] = PassageWordsOpt,
     answer_tokens: int = AnswerTokensOpt,
     executor: ExecutorKind = ExecutorOpt,
     ray_address: Optional[str] = RayAddressOpt,
@@ -716,19 +884,26 @@ def sample(
     from dynamicrag.data import DataError, load_examples, read_jsonl
     from dynamicrag.train.sample import SampleConfig
 
+    roles = _pipeline_config(
+        backend=backend, model=model, base_url=base_url, backend_options=backend_options, prompt_style=prompt_style,
+        reranker_model=reranker_model, reranker_adapter=reranker_adapter, reranker_backend=reranker_backend,
+        reranker_base_url=reranker_base_url, generator_model=generator_model, generator_adapter=generator_adapter,
+        generator_backend=generator_backend, generator_base_url=generator_base_url, passage_words=passage_words,
+    )
+    if roles.reranker.prompt_style != roles.generator.prompt_style:
+        # The records name one style, from which the reward stage rebuilds both roles' prompts.
+        _fail(f"sample runs both roles with one prompt style; the reranker's is {roles.reranker.prompt_style!r}, "
+              f"the generator's {roles.generator.prompt_style!r}: give --prompt-style")
     try:
         config = SampleConfig(
             n=n, temperature=temperature, top_n=top_n, seed=seed, constrained=constrained,
-            rerank_max_new_tokens=reranker_tokens, answer_max_new_tokens=answer_tokens, passage_words=passage_words,
+            rerank_max_new_tokens=reranker_tokens, answer_max_new_tokens=answer_tokens,
+            passage_words=roles.passage_words or None,
         )
         examples = load_examples(input, limit=limit, skip=skip)
     except (DataError, FileNotFoundError, ValueError) as err:
         _fail(str(err))
-    answerer = _backend_spec(backend, generator_model, base_url, backend_options) if generator_model else None
-    sample_fn = partial(
-        _sample_fn, _backend_spec(backend, model, base_url, backend_options), _index_path(index_dir), prompt_style,
-        config, answerer,
-    )
+    sample_fn = partial(_sample_fn, roles, _index_path(index_dir), config)
 
     start = time.perf_counter()
     ran = _run_resumable(
@@ -749,7 +924,7 @@ def sample(
         f"{sum(distinct) / max(len(distinct), 1):.2f}",
         f"{elapsed / ran:.1f}" if ran else "-",
     )
-    console.print(table)
+    _print_table(table)
 
 
 @app.command()
@@ -804,7 +979,7 @@ def reward(
         str(len(scored)), str(len(rewards)), mean("total"), mean("em"), mean("match"), mean("semantic"), mean("rouge_l"),
         mean("length"), mean("judge"), str(sum(r.get("judge_error") is not None for r in rewards)),
     )
-    console.print(table)
+    _print_table(table)
 
 
 @app.command()
@@ -840,7 +1015,7 @@ def pairs(
         f"{stats['mean_reranker_reward_gap']:.3f}", str(stats["best_ties"]),
         f"{100 * stats['chosen_none_share']:.0f}", f"{stats['chosen_shorter']} / {stats['chosen_longer']}",
     )
-    console.print(table)
+    _print_table(table)
 
 
 def _serve_help(name: str) -> str:
@@ -858,8 +1033,18 @@ def serve(
     backend: str = BackendOpt,
     model: Optional[str] = ModelOpt,
     base_url: Optional[str] = BaseUrlOpt,
+    backend_options: Optional[list[str]] = BackendOptionsOpt,
+    reranker_model: Optional[str] = RerankerModelOpt,
+    reranker_adapter: Optional[str] = RerankerAdapterOpt,
+    reranker_backend: Optional[str] = RerankerBackendOpt,
+    reranker_base_url: Optional[str] = RerankerBaseUrlOpt,
+    generator_model: Optional[str] = GeneratorModelOpt,
+    generator_adapter: Optional[str] = GeneratorAdapterOpt,
+    generator_backend: Optional[str] = GeneratorBackendOpt,
+    generator_base_url: Optional[str] = GeneratorBaseUrlOpt,
     index_dir: Optional[Path] = typer.Option(None, "--index", help=_serve_help("index_dir")),
-    prompt_style: str = StyleOpt,
+    prompt_style: Optional[str] = RoleStyleOpt,
+    passage_words: Optional[int] = PassageWordsOpt,
     api_key: Optional[str] = typer.Option(None, "--api-key", help=_serve_help("api_key")),
     max_passages: int = typer.Option(50, "--max-passages", help=_serve_help("max_passages")),
     max_text_chars: int = typer.Option(4000, "--max-text-chars", help=_serve_help("max_text_chars")),
@@ -868,19 +1053,29 @@ def serve(
     max_batch: int = typer.Option(8, "--max-batch", help=_serve_help("max_batch")),
     batch_wait_ms: float = typer.Option(10.0, "--batch-wait-ms", help=_serve_help("batch_wait_ms")),
     top_n: Optional[int] = typer.Option(None, "--top-n", help=_serve_help("top_n")),
-    constrained: bool = typer.Option(True, "--constrained/--free", help=_serve_help("constrained")),
+    constrained: Optional[bool] = typer.Option(
+        None, "--constrained/--free",
+        help="Constrain reranker decoding to the id grammar (default: the reranker adapter's; without one, on: "
+        "the base model is not trained as a reranker)",
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Serve the reranker and the generator over HTTP: POST /v1/rerank, POST /v1/answer, GET /health."""
     _setup_logging(verbose)
-    from dynamicrag.serve.app import serve_command
+    from dynamicrag.serve.app import SERVE_DEFAULTS, serve_command
 
+    config = _pipeline_config(
+        backend=backend, model=model, base_url=base_url, backend_options=backend_options, prompt_style=prompt_style,
+        reranker_model=reranker_model, reranker_adapter=reranker_adapter, reranker_backend=reranker_backend,
+        reranker_base_url=reranker_base_url, generator_model=generator_model, generator_adapter=generator_adapter,
+        generator_backend=generator_backend, generator_base_url=generator_base_url,
+        constrained=constrained, passage_words=passage_words, top_n=top_n, fallbacks=SERVE_DEFAULTS,
+    )
     try:
         serve_command(
-            host=host, port=port, model=model, backend=backend, base_url=base_url, index_dir=index_dir,
-            prompt_style=prompt_style, api_key=api_key, max_passages=max_passages, max_text_chars=max_text_chars,
-            max_queue=max_queue, timeout_s=timeout_s, max_batch=max_batch, batch_wait_ms=batch_wait_ms,
-            constrained=constrained, top_n=top_n,
+            host=host, port=port, config=config, index_dir=index_dir, api_key=api_key, max_passages=max_passages,
+            max_text_chars=max_text_chars, max_queue=max_queue, timeout_s=timeout_s, max_batch=max_batch,
+            batch_wait_ms=batch_wait_ms,
         )
     except (FileNotFoundError, ValueError) as err:
         _fail(str(err))
@@ -974,7 +1169,7 @@ def train_recipe_command(
         table.add_column(col, justify="right")
     for name, entry in stages.items():
         table.add_row(name, entry["state"], str(entry["runs"]), f"{entry['seconds'] / 60:.1f}")
-    console.print(table)
+    _print_table(table)
     if adapter is not None:
         console.print(f"adapter written to {adapter} (manifest: {adapter / 'manifest.json'})")
 

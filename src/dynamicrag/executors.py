@@ -3,9 +3,10 @@
 A stage (infer, label, sample, reward) maps a batch of items to a list of records. It needs a
 heavy object first (an LLM backend, a teacher model, an index), so executors take a *factory*:
 ``fn_factory()`` builds the batch function once per worker, on that worker, which then runs it
-on many batches. Batches come back in input order, so a caller appends them to a resumable
-JSONL file (:class:`~dynamicrag.data.files.ResumableJsonlWriter`) exactly as a single process
-would, and a killed run, local or distributed, resumes after the last record written.
+on many batches. Batches come back in input order, so :func:`run_resumable` (the one resume
+path of every stage and of the benchmark) appends them to a resumable JSONL file exactly as a
+single process would, and a killed run, local or distributed, resumes after the last record
+written, once it has checked that those records are this input's.
 
 The factory is pickled and sent to every worker: make it a module-level function (or a
 ``functools.partial`` of one) that captures only small things (paths, configs, model names)
@@ -17,17 +18,17 @@ Example:
     ...     teacher = make_scorer(scorer_name)
     ...     return lambda batch: [ex.model_dump(mode="json")
     ...                           for ex in label_examples(batch, teacher, LabelConfig())]
-    >>> with make_executor("ray", address="auto", num_workers=4) as executor:  # doctest: +SKIP
-    ...     for records in executor.map_batches(partial(make_labeller, "embedding"), examples, 8):
-    ...         for record in records:
-    ...             writer.write(record)
+    >>> executor = make_executor("ray", address="auto", num_workers=4)
+    >>> run_resumable(examples, "labelled.jsonl", 8, partial(make_labeller, "embedding"), executor)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 logger = logging.getLogger(__name__)
@@ -260,6 +261,128 @@ class RayExecutor(Executor):
 EXECUTORS: dict[str, type[Executor]] = {InProcessExecutor.name: InProcessExecutor, RayExecutor.name: RayExecutor}
 
 
+class ResumeError(ValueError):
+    """An output already holds records of another input or of other settings: resuming onto it
+    would mix two runs in one file."""
+
+
+def settings_path(output: str | Path) -> Path:
+    """Where :func:`run_resumable` keeps the settings an output was written with:
+    ``runs/top-3.jsonl`` -> ``runs/top-3.settings.json``."""
+    output = Path(output)
+    return output.with_name(f"{output.stem}.settings.json")
+
+
+def _item_id(item: Any) -> Any:
+    return item.get("id") if isinstance(item, dict) else getattr(item, "id", None)
+
+
+def check_resumed_ids(items: Sequence[Any], written_ids: Sequence[str | None], output: str | Path) -> None:
+    """Resuming is by position: the records already written must be those of the first items,
+    or the new records would be appended to another input's (a changed file, another skip).
+
+    Args:
+        items: This run's inputs (dicts or objects with an ``id``).
+        written_ids: Ids of the records already in the output, in file order (None: no id).
+        output: The output file, for the message.
+
+    Raises:
+        ResumeError: The first line whose record id is not that of the input at its position.
+    """
+    for line, (written, item) in enumerate(zip(written_ids, items), 1):
+        want = _item_id(item)
+        if written is not None and want is not None and written != str(want):
+            raise ResumeError(
+                f"{output}, line {line}: record id {written!r}, but input record {line} of this run is {want!r}: "
+                "the output was written from other input (or another --skip); choose another output"
+            )
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        return {k: v for key, sub in value.items() for k, v in _flatten(sub, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): value}
+
+
+def _check_settings(output: Path, settings: Mapping[str, Any], done: int) -> None:
+    """Refuse to append to records written with other settings; record them for a new output."""
+    # Through JSON and back, so that what is compared is what the file holds (tuples -> lists).
+    wanted = json.loads(json.dumps(settings, sort_keys=True))
+    path = settings_path(output)
+    if not done:
+        from dynamicrag.data import atomic_write_json
+
+        atomic_write_json(path, wanted)
+        return
+    if not path.exists():
+        raise ResumeError(
+            f"{output}: {done} records written without {path.name}, so their settings are unknown; "
+            "move the file away (or choose another output) to run it again"
+        )
+    stored = json.loads(path.read_text("utf-8"))
+    if stored != wanted:
+        old, new = _flatten(stored), _flatten(wanted)
+        changed = [f"{key}: {old.get(key, '(unset)')} -> {new.get(key, '(unset)')}"
+                   for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+        raise ResumeError(
+            f"{output}: {done} records written with other settings ({'; '.join(changed)}); "
+            "move the file away (or choose another output) to run it with these"
+        )
+
+
+def run_resumable(
+    items: Sequence[Any],
+    output: str | Path,
+    batch_size: int,
+    fn_factory: FnFactory,
+    executor: Executor | None = None,
+    *,
+    settings: Mapping[str, Any] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """Run a stage's batch function over the items not yet in ``output``, appending the records
+    in input order; a killed run, local or on Ray, resumes after the records already written.
+
+    The one resume path of every stage (``retrieve``, ``infer``, ``label``, ``sample``,
+    ``reward``) and of the benchmark runs. Before anything runs, the records already written
+    are checked to be those of the first items (by id) and, when ``settings`` are given, to
+    have been written with the same settings (kept beside the output, see :func:`settings_path`).
+
+    Args:
+        items: The inputs, in output order (dicts or objects with an ``id``).
+        output: Plain JSONL output (created, or resumed if it exists).
+        batch_size: Items per batch.
+        fn_factory: Builds the batch function where the batches run (see :class:`Executor`).
+        executor: Where the batches run (closed at the end); None: this process.
+        settings: What decides the records' content (JSON-serialisable); None: not checked.
+        on_progress: Called with (records in the output, len(items)) once before the first
+            batch and after each batch.
+
+    Returns:
+        How many items this run processed.
+
+    Raises:
+        ResumeError: The output holds records of other input or of other settings; it is
+            left untouched.
+    """
+    from dynamicrag.data import ResumableJsonlWriter
+
+    output = Path(output)
+    with executor or InProcessExecutor() as running, ResumableJsonlWriter(output) as writer:
+        check_resumed_ids(items, writer.ids, output)
+        if settings is not None:
+            _check_settings(output, settings, writer.done)
+        todo = items[writer.done :]
+        if on_progress:
+            on_progress(writer.done, len(items))
+        for records in running.map_batches(fn_factory, todo, batch_size):
+            for record in records:
+                writer.write(record)
+            if on_progress:
+                on_progress(writer.done, len(items))
+    return len(todo)
+
+
 def make_executor(name: str = "local", **options: Any) -> Executor:
     """Build an executor by registry name.
 
@@ -285,4 +408,7 @@ def make_executor(name: str = "local", **options: Any) -> Executor:
         raise TypeError(f"executor {name!r}: {err}") from err
 
 
-__all__ = ["EXECUTORS", "Executor", "InProcessExecutor", "RayExecutor", "batched", "make_executor"]
+__all__ = [
+    "EXECUTORS", "Executor", "InProcessExecutor", "RayExecutor", "ResumeError", "batched", "check_resumed_ids",
+    "make_executor", "run_resumable", "settings_path",
+]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from dynamicrag.generate import Generator
@@ -65,6 +65,7 @@ class Pipeline:
             or the retriever's top ``top_n``.
         retrieve: Retrieve for every example, even those with their own passages (which then
             only mark gold); see :func:`with_passages`.
+        settings: What plays each role (:func:`dynamicrag.build.role_settings`), for run records.
     """
 
     reranker: Reranker
@@ -72,6 +73,7 @@ class Pipeline:
     retriever: Any = None
     top_n: int = 40
     retrieve: bool = False
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def run(self, examples: Sequence[Example]) -> list[dict[str, Any]]:
         """Answer a batch. A failing example becomes a record with its ``error``; never dropped.

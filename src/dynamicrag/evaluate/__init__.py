@@ -1,4 +1,5 @@
-"""Evaluation: answer normalisation (SQuAD) and containment, answer and reranker metrics."""
+"""Evaluation: answer normalisation (SQuAD) and containment, answer and reranker metrics,
+paired comparisons of runs."""
 
 from dynamicrag.evaluate.answer_metrics import (
     METRICS,
@@ -14,38 +15,52 @@ from dynamicrag.evaluate.answer_metrics import (
     score_record,
     task_metrics,
 )
+from dynamicrag.evaluate.compare import compare_runs, diff_runs, holm, paired_stats, per_question
 from dynamicrag.evaluate.normalize import contains_answer, normalize_answer
 from dynamicrag.evaluate.rerank_metrics import (
+    GOLD_IDS_FIELD,
     gold_positions,
     gold_source,
+    load_qrels,
     mean_rerank_scores,
     mrr,
     ndcg_at_k,
     precision_recall_f1,
+    ranking_scores,
     recall_at_k,
+    relevance,
     rerank_scores,
     summarize_selections,
 )
 
 __all__ = [
+    "GOLD_IDS_FIELD",
     "METRICS",
     "TASK_METRICS",
     "asqa_str_em",
+    "compare_runs",
     "contains_answer",
+    "diff_runs",
     "em",
     "f1",
     "fever_accuracy",
     "fever_label",
     "gold_positions",
     "gold_source",
+    "holm",
+    "load_qrels",
     "match",
     "match_official",
     "mean_rerank_scores",
     "mrr",
     "ndcg_at_k",
     "normalize_answer",
+    "paired_stats",
+    "per_question",
     "precision_recall_f1",
+    "ranking_scores",
     "recall_at_k",
+    "relevance",
     "rerank_scores",
     "rouge_l",
     "score_record",

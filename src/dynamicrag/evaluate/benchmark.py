@@ -1,9 +1,20 @@
 """Benchmarks x rerankers in one harness with one generator: the paper's comparison tables.
 
 A small YAML config names the benchmarks (file, task, metrics, own passages or a corpus to
-retrieve from) and the rerankers (the dynamic one and the baselines). Every (benchmark,
-reranker) run is an ordinary ``infer`` output file, written resumably, so an interrupted
-benchmark picks up where it stopped; the comparison table and plots are drawn from those files.
+retrieve from) and the rows: the dynamic reranker, the baselines (fixed k, pointwise,
+listwise, the training-free dynamic-k cuts ``adaptive-k`` and ``threshold``) and the ceilings
+(``gold``: the passages marked gold; ``oracle-k`` and ``oracle-single``, see
+:mod:`dynamicrag.evaluate.ceilings`). ``backend``, ``model``, ``base_url``, ``backend_options``
+and ``prompt_style`` describe both roles; a ``reranker:`` or ``generator:`` section gives one
+role its own (:class:`~dynamicrag.build.RoleOptions`: backend, model, adapter, base_url,
+backend_options, prompt_style), and a row may name its own reranker ``adapter`` (e.g. ``none``
+for the base model next to the shipped adapter). Every row's pipeline is built by
+:mod:`dynamicrag.build`, as ``infer`` builds it.
+
+Every (benchmark, row) run is an ordinary ``infer`` output file, written resumably through the
+CLI stages' runner, so an interrupted benchmark picks up where it stopped; generator answers
+are cached across rows and reruns; the comparison table, its notes (oracle needs, generator
+calls per row) and the plots are drawn from those files.
 
 Example:
     >>> config = load_config("benchmark.yaml")  # doctest: +SKIP
@@ -12,8 +23,12 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -22,12 +37,18 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from dynamicrag.data import ResumableJsonlWriter, atomic_write_json, atomic_write_text, load_corpus, load_examples, read_jsonl
-from dynamicrag.generate import Generator
-from dynamicrag.llm import load_backend
-from dynamicrag.pipeline import Pipeline
+from dynamicrag.build import (
+    LLM_RERANKERS, NONE, PipelineConfig, RoleOptions, build_pipeline, resolve_config, role_backend, role_configs,
+    role_settings,
+)
+from dynamicrag.data import atomic_write_json, atomic_write_text, load_corpus, load_examples, read_jsonl
+from dynamicrag.evaluate.answer_cache import AnswerCache, CachedGenerator, local_files
+from dynamicrag.evaluate.ceilings import ORACLES, Oracle, oracle_summary
+from dynamicrag.executors import run_resumable
+from dynamicrag.llm.base import Backend
+from dynamicrag.pipeline import with_passages
 from dynamicrag.prompts import load_style
-from dynamicrag.rerank import RERANKERS, make_reranker
+from dynamicrag.rerank import RERANKERS
 from dynamicrag.retrieve import build_index, load_index
 
 logger = logging.getLogger(__name__)
@@ -51,7 +72,12 @@ class BenchmarkSpec(BaseModel):
 
 
 class RerankerSpec(BaseModel):
-    """One reranker of the comparison (options as in ``make_reranker``)."""
+    """One row of the comparison: a reranker (options as in ``make_reranker``) or an oracle.
+
+    ``kind`` is a reranker of :data:`dynamicrag.rerank.RERANKERS` (``gold`` among them: the
+    passages the data marks gold) or an oracle ceiling of
+    :data:`dynamicrag.evaluate.ceilings.ORACLES` (``oracle-k``, ``oracle-single``).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -60,13 +86,24 @@ class RerankerSpec(BaseModel):
     k: int = 5
     window: int | None = None
     stride: int = 10
-    constrained: bool = False
+    constrained: bool | None = Field(None, description="Default: the reranker adapter's, else free")
     scorer: str = "embedding"
     max_new_tokens: int | None = None
+    buffer: int = Field(0, ge=0, description="adaptive-k: extra passages below the largest score gap")
+    threshold: float | None = Field(None, description="threshold: lowest score kept")
+    max_drop: float | None = Field(None, ge=0, description="threshold: largest drop from the top score kept, as a share")
+    own_passages: bool = Field(
+        False, description="Read each example's own passages, not the retrieved ones (e.g. gold on a corpus benchmark)"
+    )
+    benchmarks: list[str] | None = Field(None, description="Run on these benchmarks only (default: all)")
+    passage_words: int | None = Field(None, ge=0, description="Default: the reranker adapter's, else all (0)")
+    adapter: str | None = Field(None, description="This row's reranker adapter (default: the reranker role's)")
 
     def model_post_init(self, _context) -> None:
-        if self.kind not in RERANKERS:
-            raise ValueError(f"reranker {self.name!r}: kind {self.kind!r} is not one of {sorted(RERANKERS)}")
+        if self.kind not in RERANKERS + ORACLES:
+            raise ValueError(f"reranker {self.name!r}: kind {self.kind!r} is not one of {sorted(RERANKERS + ORACLES)}")
+        if self.kind == "threshold" and self.threshold is None and self.max_drop is None:
+            raise ValueError(f"reranker {self.name!r}: kind threshold needs threshold, max_drop or both")
 
 
 class BenchmarkConfig(BaseModel):
@@ -76,11 +113,48 @@ class BenchmarkConfig(BaseModel):
     model: str | None = None
     base_url: str | None = None
     backend_options: dict = Field(default_factory=dict, description="Passed to the backend (batch_size, ...)")
-    prompt_style: str = "default"
+    prompt_style: str | None = Field(None, description="Default: the reranker adapter's, else default")
+    reranker: RoleOptions | None = Field(None, description="The reranker role's own model, adapter, backend")
+    generator: RoleOptions | None = Field(None, description="The generator role's own model, adapter, backend")
     answer_max_tokens: int = Field(200, ge=1, description="Generator cap (paper: 200)")
     batch_size: int = Field(8, ge=1)
     benchmarks: list[BenchmarkSpec]
     rerankers: list[RerankerSpec]
+
+    def model_post_init(self, _context) -> None:
+        names = {b.name for b in self.benchmarks}
+        for spec in self.rerankers:
+            unknown = sorted(set(spec.benchmarks or ()) - names)
+            if unknown:
+                raise ValueError(f"reranker {spec.name!r}: benchmarks {unknown} are not in the config ({sorted(names)})")
+
+    def runs(self) -> list[tuple[BenchmarkSpec, RerankerSpec]]:
+        """The (benchmark, row) pairs to run, in config order (a row's ``benchmarks`` filter applied)."""
+        return [(b, r) for b in self.benchmarks for r in self.rerankers if r.benchmarks is None or b.name in r.benchmarks]
+
+    def pipeline_config(self, spec: RerankerSpec, bench: BenchmarkSpec) -> PipelineConfig:
+        """The pipeline of one (benchmark, row) run, resolved (adapters found and checked).
+
+        An oracle row chooses its passages itself: only its generator role runs (its config
+        says reranker kind ``none``).
+        """
+        reranker = self.reranker.model_dump(exclude_none=True) if self.reranker else {}
+        if spec.adapter is not None:
+            reranker["adapter"] = spec.adapter
+        roles = role_configs(
+            backend=self.backend, model=self.model, base_url=self.base_url, backend_options=self.backend_options,
+            prompt_style=self.prompt_style, reranker=reranker, generator=self.generator,
+        )
+        config = PipelineConfig(
+            **roles, kind=spec.kind if spec.kind in RERANKERS else "none", k=spec.k, window=spec.window,
+            stride=spec.stride, scorer=spec.scorer, buffer=spec.buffer, threshold=spec.threshold,
+            max_drop=spec.max_drop, constrained=spec.constrained, passage_words=spec.passage_words,
+            reranker_max_tokens=spec.max_new_tokens, answer_max_tokens=self.answer_max_tokens, top_n=bench.top_n,
+            # From a corpus, every example retrieves (its own gold passage, if any, marks the
+            # retrieved ones); own_passages: the example's own passages instead (the gold row).
+            retrieve=bench.passages == "corpus" and not spec.own_passages,
+        )
+        return resolve_config(config)
 
 
 def default_config_path() -> Path:
@@ -107,62 +181,236 @@ def _retriever(spec: BenchmarkSpec, data_dir: Path, out_dir: Path):
     return build_index(passages, index_dir, kind=spec.retriever, show_progress=False)
 
 
+ANSWER_CACHE = "answer_cache.jsonl"
+
+
+def _style_id(configured: str | None, resolved: str) -> dict:
+    """A prompt style as run settings: its name as the config gives it, and its content (an
+    edited prompt file is another style)."""
+    style_text = json.dumps(dataclasses.asdict(load_style(resolved)), sort_keys=True, ensure_ascii=False)
+    return {"name": configured, "sha256": hashlib.sha256(style_text.encode("utf-8")).hexdigest()[:16]}
+
+
+def _run_settings(
+    config: BenchmarkConfig, bench: BenchmarkSpec, spec: RerankerSpec, pipeline: PipelineConfig, generator: dict
+) -> dict:
+    """What decides a run's records; a run file written with other settings is not resumed.
+
+    ``limit`` is left out (a longer run extends a shorter one: the ids check guards the
+    order), and so are fields left at their defaults, so that a field added to the config
+    later does not orphan the runs already written. ``generator`` is the answer cache's
+    fingerprint of the generator role (backend, model, adapter, decoding); the prompt style
+    counts by its content. A row whose reranker runs an LLM adds that role as resolved
+    (backend, model, adapter and its files, prompt style, and the adapter manifest's
+    constrained / passage_words / top_n where the row leaves them unset).
+    """
+    configured = (config.generator.prompt_style if config.generator else None) or config.prompt_style
+    settings = {
+        "benchmark": bench.model_dump(exclude_defaults=True, exclude={"limit"}),
+        "reranker": spec.model_dump(exclude_defaults=True),
+        "prompt_style": _style_id(configured, pipeline.generator.prompt_style),
+        "generator": generator,
+    }
+    if spec.kind in LLM_RERANKERS:
+        role = role_settings(pipeline)["reranker"]
+        configured = (config.reranker.prompt_style if config.reranker else None) or config.prompt_style
+        role.update(
+            prompt_style=_style_id(configured, pipeline.reranker.prompt_style),
+            options=dict(sorted(pipeline.reranker.backend_options.items())),
+        )
+        if role["adapter"]:
+            role["adapter_files"] = local_files(role["adapter"])
+        settings["reranker_role"] = role
+    return settings
+
+
+def _batch_factory(
+    spec: RerankerSpec, bench: BenchmarkSpec, pipeline: PipelineConfig, generator: CachedGenerator, retriever,
+    backend: Backend | None,
+) -> Callable[[], Callable[[list], list[dict]]]:
+    """The run's batch function, built when its first batch comes (a finished run loads nothing)."""
+
+    def build() -> Callable[[list], list[dict]]:
+        if spec.kind in ORACLES:
+            oracle = Oracle(spec.kind, generator)
+
+            def answer(batch: list) -> list[dict]:
+                return oracle.run(with_passages(batch, retriever, pipeline.top_n or bench.top_n, pipeline.retrieve))
+        else:
+            # The reranker role's backend is loaded once per process (load_backend): rows share it.
+            answer = build_pipeline(pipeline, retriever, generator=generator, backend=backend).run
+
+        def run_batch(batch: list) -> list[dict]:
+            generator.take_log()  # what an earlier failed batch left
+            records = answer(batch)
+            made: dict[str, list[bool]] = defaultdict(list)
+            for example_id, generated in generator.take_log():
+                made[example_id].append(generated)
+            for record in records:
+                asked = made.get(record["id"], [])
+                record.update(
+                    benchmark=bench.name, reranker=spec.name, top_n=bench.top_n,
+                    generator_calls=sum(asked), generator_reused=len(asked) - sum(asked),
+                )
+                if bench.metrics:
+                    record["metrics"] = bench.metrics  # score_record reads it
+            return records
+
+        return run_batch
+
+    return build
+
+
 def run_benchmark(
     config: BenchmarkConfig,
     data_dir: Path,
     out_dir: Path,
     on_progress: Callable[[str, int, int], None] | None = None,
+    backend: Backend | None = None,
 ) -> dict:
     """Run every (benchmark, reranker) pair, then evaluate and compare them.
+
+    Every run goes through :func:`dynamicrag.executors.run_resumable`, the resume path of the
+    CLI stages: an interrupted benchmark picks up where it stopped, and a run file written from
+    other input or with other settings (kept in ``{run}.settings.json``) is refused, never
+    appended to. Generator answers go through one answer cache
+    (``answer_cache.jsonl``, :mod:`dynamicrag.evaluate.answer_cache`), so a prompt any row
+    already asked (top-k, oracle, gold rows share many) is never asked again, and a rerun
+    costs nothing.
 
     Args:
         config: What to run.
         data_dir: Folder the benchmark files are relative to.
-        out_dir: Receives ``runs/{benchmark}/{reranker}.jsonl``, ``indexes/``, the comparison
-            (``comparison.md``, ``comparison.json``) and the plots.
-        on_progress: Called with (run name, done, total) after each batch.
+        out_dir: Receives ``runs/{benchmark}/{reranker}.jsonl`` (+ ``.settings.json``),
+            ``indexes/``, ``answer_cache.jsonl``, the comparison (``comparison.md``,
+            ``comparison.json``) and the plots.
+        on_progress: Called with (run name, done, total) before the first batch and after each.
+        backend: An LLM backend already loaded, used by both roles instead of the configured
+            ones (a scripted one in tests).
 
     Returns:
-        The comparison: ``{"runs": {run: evaluation}, "seconds": {run: wall seconds}}``.
+        The comparison: ``{"runs": {run: evaluation}, "seconds": {run: wall seconds of this
+        call}, "generator": {run: {"calls", "reused"}}, "ceilings": {run: oracle summary},
+        "best_fixed_k": {benchmark: run}, "settings": {run: what plays each role},
+        "plots": [...]}``.
+
+    Raises:
+        ResumeError: A run file holds records of other input or other settings.
     """
     from dynamicrag.evaluate.report import evaluate_records, plot_reports, to_markdown
 
-    options = {**config.backend_options, **({"base_url": config.base_url} if config.base_url else {})}
-    backend = load_backend(config.backend, model=config.model, **options)
-    style = load_style(config.prompt_style)
-    generator = Generator(backend, style, max_new_tokens=config.answer_max_tokens)
+    # Resolved up front: a bad adapter or option fails before the first run starts.
+    pipelines = {(b.name, r.name): config.pipeline_config(r, b) for b, r in config.runs()}
     summary: dict[str, dict] = {}
     records_by_run: dict[str, list[dict]] = {}
     seconds: dict[str, float] = {}
-    for bench in config.benchmarks:
-        examples = load_examples(data_dir / bench.file, task=bench.task, limit=bench.limit, skip=bench.skip)
-        # From a corpus, every example retrieves; its own gold passage, if any, marks the retrieved ones.
-        retrieve = bench.passages == "corpus"
-        retriever = _retriever(bench, data_dir, out_dir) if retrieve else None
-        for spec in config.rerankers:
-            run = f"{bench.name}/{spec.name}"
-            options = spec.model_dump(exclude={"name", "kind"})
-            reranker = make_reranker(spec.kind, backend, style, **options)
-            pipeline = Pipeline(reranker, generator, retriever, bench.top_n, retrieve=retrieve)
-            path = out_dir / "runs" / bench.name / f"{spec.name}.jsonl"
-            start = time.perf_counter()
-            with ResumableJsonlWriter(path) as writer:
-                for i in range(writer.done, len(examples), config.batch_size):
-                    for record in pipeline.run(examples[i : i + config.batch_size]):
-                        record.update(benchmark=bench.name, reranker=spec.name, top_n=bench.top_n)
-                        if bench.metrics:
-                            record["metrics"] = bench.metrics  # score_record reads it
-                        writer.write(record)
-                    if on_progress:
-                        on_progress(run, writer.done, len(examples))
-            seconds[run] = time.perf_counter() - start
-            records = [r for _, r in read_jsonl(path)]
-            records_by_run[run] = records
-            summary[run] = evaluate_records(records)
-            logger.info("%s: %d records in %.0f s", run, len(records), seconds[run])
+    settings: dict[str, dict] = {}
+    kinds: dict[str, str] = {}
+    with AnswerCache(out_dir / ANSWER_CACHE) as cache:
+        generators: dict[str, CachedGenerator] = {}  # one per generator role (all rows share one today)
 
-    comparison = {"runs": summary, "seconds": seconds}
+        def generator_of(pipeline: PipelineConfig) -> CachedGenerator:
+            role = pipeline.generator
+            key = f"{role.model_dump_json()}|{pipeline.answer_max_tokens}"
+            if key not in generators:
+                options = {**role.backend_options, **({"base_url": role.base_url} if role.base_url else {})}
+                generators[key] = CachedGenerator(
+                    backend or role_backend(role), load_style(role.prompt_style),
+                    max_new_tokens=pipeline.answer_max_tokens, cache=cache, backend_options=options,
+                    adapter=None if role.adapter == NONE else role.adapter,
+                )
+            return generators[key]
+
+        for bench in config.benchmarks:
+            examples = load_examples(data_dir / bench.file, task=bench.task, limit=bench.limit, skip=bench.skip)
+            retriever = _retriever(bench, data_dir, out_dir) if bench.passages == "corpus" else None
+            for spec in config.rerankers:
+                if (bench.name, spec.name) not in pipelines:  # the row's benchmarks leave this one out
+                    continue
+                run = f"{bench.name}/{spec.name}"
+                kinds[run] = spec.kind
+                pipeline = pipelines[(bench.name, spec.name)]
+                generator = generator_of(pipeline)
+                roles = role_settings(pipeline)
+                settings[run] = roles if spec.kind not in ORACLES else {
+                    "reranker": {"kind": spec.kind}, "generator": roles["generator"]}
+                path = out_dir / "runs" / bench.name / f"{spec.name}.jsonl"
+                start = time.perf_counter()
+                run_resumable(
+                    examples, path, config.batch_size,
+                    _batch_factory(spec, bench, pipeline, generator, retriever, backend),
+                    settings=_run_settings(config, bench, spec, pipeline, generator.fingerprint),
+                    on_progress=(lambda done, total, run=run: on_progress(run, done, total)) if on_progress else None,
+                )
+                seconds[run] = time.perf_counter() - start
+                records_by_run[run] = [r for _, r in read_jsonl(path)]
+                summary[run] = evaluate_records(records_by_run[run])
+                logger.info("%s: %d records in %.0f s", run, len(records_by_run[run]), seconds[run])
+
+    costs = {run: generator_costs(records) for run, records in records_by_run.items()}
+    ceilings = {run: oracle_summary(records) for run, records in records_by_run.items() if kinds[run] in ORACLES}
+    comparison = {
+        "runs": summary, "seconds": seconds, "generator": costs, "ceilings": ceilings,
+        "best_fixed_k": best_fixed_k(summary, kinds), "settings": settings,
+    }
+    # Paired differences from the best fixed k (issue 15, item 1) go here: for each benchmark,
+    # compare every run's records_by_run[run] with records_by_run[comparison["best_fixed_k"][b]]
+    # on the same questions, and add the differences and their CIs to the JSON and the table.
     atomic_write_json(out_dir / "comparison.json", comparison)
-    atomic_write_text(out_dir / "comparison.md", to_markdown(summary))
+    markdown = to_markdown(summary) + ceilings_markdown(ceilings, costs, kinds)
+    atomic_write_text(out_dir / "comparison.md", markdown)
     comparison["plots"] = [str(p) for p in plot_reports(summary, records_by_run, out_dir)]
     return comparison
+
+
+def load_run_records(config: BenchmarkConfig, out_dir: Path) -> dict[str, list[dict]]:
+    """The records of every run of ``config`` already written under ``out_dir`` (run name ->
+    records, in config order); runs without a file are left out."""
+    runs = {}
+    for bench, spec in config.runs():
+        path = Path(out_dir) / "runs" / bench.name / f"{spec.name}.jsonl"
+        if path.exists():
+            runs[f"{bench.name}/{spec.name}"] = [r for _, r in read_jsonl(path)]
+    return runs
+
+
+def generator_costs(records: list[dict]) -> dict[str, int]:
+    """Generator prompts a run asked the backend (``calls``) and took from the cache
+    (``reused``), summed over its records (records written before the cache count neither)."""
+    return {
+        "calls": sum(int(r.get("generator_calls") or 0) for r in records),
+        "reused": sum(int(r.get("generator_reused") or 0) for r in records),
+    }
+
+
+def best_fixed_k(summary: dict[str, dict], kinds: dict[str, str]) -> dict[str, str]:
+    """Per benchmark, the fixed-k run (``topk``) with the highest headline score (the first of
+    equal ones): the baseline the other rows are compared with."""
+    best: dict[str, str] = {}
+    for run, evaluation in summary.items():
+        bench = run.split("/", 1)[0]
+        if kinds.get(run) == "topk" and (bench not in best or evaluation["main_score"] > summary[best[bench]]["main_score"]):
+            best[bench] = run
+    return best
+
+
+def ceilings_markdown(ceilings: dict[str, dict], costs: dict[str, dict], kinds: dict[str, str]) -> str:
+    """The table's notes: what each oracle row needed, and every row's generator cost."""
+    out = ""
+    if ceilings:
+        out += "\n### Oracle ceilings\n\n"
+        out += "| run | score | answered | unanswerable | k needed (k: questions) | or no passage |\n"
+        out += "|---|---:|---:|---:|---|---:|\n"
+        for run, c in ceilings.items():
+            k_needed = ", ".join(f"{k}: {n}" for k, n in c["k_needed"].items()) or "-"
+            no_passage = f"{c['or_no_passage']:.3f}" if "or_no_passage" in c else "-"
+            out += f"| {run} | {c['score']:.3f} | {c['answered']} | {c['unanswerable']} | {k_needed} | {no_passage} |\n"
+        out += (
+            "\nOracles choose per question, knowing the answer, by the headline metric: oracle-k among the "
+            "prefixes k = 0..N of the retrieved list (k needed: the smallest k that answers), oracle-single "
+            "among the single passages (or no passage: the answer without passages may be chosen too).\n"
+        )
+    if costs:
+        out += "\n### Generator calls (asked / reused from the answer cache)\n\n| run | kind | asked | reused |\n|---|---|---:|---:|\n"
+        out += "".join(f"| {run} | {kinds[run]} | {c['calls']} | {c['reused']} |\n" for run, c in costs.items())
+    return out

@@ -4,8 +4,9 @@ One run is one ``infer`` output JSONL. :func:`evaluate_records` scores a run's r
 whole or per value of a field such as ``task``); :func:`evaluate_files` does that for several
 runs; :func:`render_table` / :func:`to_markdown` lay the summaries out one row per run and
 group; :func:`plot_reports` draws how many passages the reranker chose, answer quality by that
-number, and answer quality against the run's top-N. :func:`evaluate_command` is what
-``dynamicrag evaluate`` calls.
+number, and answer quality against the run's top-N. :func:`evaluate_report` is what
+``dynamicrag evaluate`` calls: it also compares the runs with a baseline, question by question
+(:mod:`dynamicrag.evaluate.compare`); :func:`evaluate_command` is the same without a baseline.
 
 Failed records (an ``error`` set) are counted and score 0.0 on every answer metric: they are
 reported, never dropped.
@@ -23,6 +24,7 @@ import os
 import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,13 @@ from rich.table import Table
 from dynamicrag.data import atomic_write_json, atomic_write_text, read_jsonl
 from dynamicrag.data.files import file_stem
 from dynamicrag.evaluate.answer_metrics import score_record, task_metrics
-from dynamicrag.evaluate.rerank_metrics import CONTAINS_ANSWER, gold_source, mean_rerank_scores, summarize_selections
+from dynamicrag.evaluate.rerank_metrics import (
+    CONTAINS_ANSWER,
+    Qrels,
+    gold_source,
+    mean_rerank_scores,
+    summarize_selections,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +83,8 @@ def _k(record: Mapping[str, Any]) -> int:
     return len(record.get("selected") or [])
 
 
-def _rerank_scorable(record: dict[str, Any]) -> bool:
-    source = gold_source(record)
+def _rerank_scorable(record: dict[str, Any], qrels: Qrels | None = None) -> bool:
+    source = gold_source(record, qrels)
     return source is not None and not (source == CONTAINS_ANSWER and _task(record) in LABEL_TASKS)
 
 
@@ -95,10 +103,10 @@ def _answer_metrics(records: Sequence[dict[str, Any]]) -> tuple[dict[str, float]
     return {name: sums[name] / counts[name] for name in sums}, dict(counts)
 
 
-def _evaluate_group(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def _evaluate_group(records: Sequence[dict[str, Any]], qrels: Qrels | None = None) -> dict[str, Any]:
     answer, answer_counts = _answer_metrics(records)
-    scorable = [r for r in records if _rerank_scorable(r)]
-    rerank = mean_rerank_scores(scorable) if scorable else None
+    scorable = [r for r in records if _rerank_scorable(r, qrels)]
+    rerank = mean_rerank_scores(scorable, qrels=qrels) if scorable else None
     return {
         "n": len(records),
         "failed": sum(_is_failed(r) for r in records),
@@ -109,7 +117,7 @@ def _evaluate_group(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "main_score": sum(_main_score(r) for r in records) / len(records),
         # Where relevance came from; "none" = unknown, so the record is not in ``rerank``.
         "gold_source": dict(
-            sorted(Counter((gold_source(r) if _rerank_scorable(r) else None) or "none" for r in records).items())
+            sorted(Counter((gold_source(r, qrels) if _rerank_scorable(r, qrels) else None) or "none" for r in records).items())
         ),
         "rerank": rerank,
         "selection": summarize_selections(records),
@@ -120,13 +128,15 @@ def _group_key(value: Any) -> str:
     return MISSING if value is None else str(value)
 
 
-def evaluate_records(records: list[dict[str, Any]], by: str | None = None) -> dict[str, Any]:
+def evaluate_records(records: list[dict[str, Any]], by: str | None = None, qrels: Qrels | None = None) -> dict[str, Any]:
     """Score one run's ``infer`` records, as a whole or per value of the field ``by``.
 
     Args:
         records: Output records of ``infer`` (see :func:`dynamicrag.schema.to_record`).
         by: Record field to group by (e.g. ``"task"``); None for one group named ``"all"``.
             Records without the field form the group ``"(missing)"``.
+        qrels: TREC judgments by record id (:func:`~dynamicrag.evaluate.rerank_metrics.load_qrels`),
+            the only source of reranker relevance when given; records without any are unjudged.
 
     Returns:
         ``{"by", "n", "top_n", "reranker", "main_metric", "main_score", "groups"}`` where
@@ -160,7 +170,7 @@ def evaluate_records(records: list[dict[str, Any]], by: str | None = None) -> di
         "reranker": str(rerankers.most_common(1)[0][0]) if rerankers else None,
         "main_metric": _main_metric_name(records),
         "main_score": sum(_main_score(r) for r in records) / len(records),
-        "groups": {key: _evaluate_group(grouped[key]) for key in sorted(grouped)},
+        "groups": {key: _evaluate_group(grouped[key], qrels) for key in sorted(grouped)},
     }
 
 
@@ -199,22 +209,29 @@ def load_runs(paths: Sequence[Path]) -> dict[str, list[dict[str, Any]]]:
     return runs
 
 
-def _evaluate_run(name: str, path: Path | None, records: list[dict[str, Any]], by: str | None) -> dict[str, Any]:
+def _evaluate_run(
+    name: str, path: Path | None, records: list[dict[str, Any]], by: str | None, qrels: Qrels | None = None
+) -> dict[str, Any]:
     try:
-        summary = evaluate_records(records, by)
+        summary = evaluate_records(records, by, qrels)
     except ValueError as err:
         raise ValueError(f"{path or name}: {err}") from err
     if summary["reranker"] is None:
         summary["reranker"] = name  # no reranker field in the records: the run labels itself
+    unjudged = sum(str(r.get("id")) not in qrels for r in records) if qrels is not None else 0
+    if unjudged:
+        logger.warning("%s: %d of %d records have no judgment in the qrels: no reranker metrics for them",
+                       path or name, unjudged, len(records))
     return {"path": str(path) if path is not None else None, **summary}
 
 
-def evaluate_files(paths: Sequence[Path], by: str | None = None) -> dict[str, dict[str, Any]]:
+def evaluate_files(paths: Sequence[Path], by: str | None = None, qrels: Qrels | None = None) -> dict[str, dict[str, Any]]:
     """Evaluate several ``infer`` outputs.
 
     Args:
         paths: Output files of ``infer``, one per run.
         by: Record field to group each run by (see :func:`evaluate_records`).
+        qrels: TREC judgments by record id (see :func:`evaluate_records`).
 
     Returns:
         Run name (file stem, made unique) -> :func:`evaluate_records` summary, plus ``path``;
@@ -222,7 +239,7 @@ def evaluate_files(paths: Sequence[Path], by: str | None = None) -> dict[str, di
     """
     paths = [Path(p) for p in paths]
     runs = load_runs(paths)
-    return {name: _evaluate_run(name, path, runs[name], by) for name, path in zip(runs, paths)}
+    return {name: _evaluate_run(name, path, runs[name], by, qrels) for name, path in zip(runs, paths)}
 
 
 def _answer_columns(summary: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -401,26 +418,113 @@ def plot_reports(
     return written
 
 
-def evaluate_command(paths: Sequence[Path], by: str | None, out_dir: Path) -> dict[str, dict[str, Any]]:
-    """What ``dynamicrag evaluate`` runs: evaluate, write the report files, draw the plots.
+@dataclass
+class EvaluationReport:
+    """What :func:`evaluate_report` computed and wrote.
+
+    Args:
+        summary: Run name -> :func:`evaluate_records` summary (as :func:`evaluate_files`).
+        comparison: :func:`~dynamicrag.evaluate.compare.compare_runs` against the baseline,
+            or None without one.
+        files: Every file written.
+    """
+
+    summary: dict[str, dict[str, Any]]
+    comparison: dict[str, Any] | None = None
+    files: list[Path] = field(default_factory=list)
+
+
+def _with_baseline(paths: list[Path], baseline: Path | None) -> tuple[list[Path], int | None]:
+    """The runs to evaluate (the baseline first when it is not one of them) and its index."""
+    if baseline is None:
+        return paths, None
+    baseline = Path(baseline)
+    for i, path in enumerate(paths):
+        if path.resolve() == baseline.resolve():
+            return paths, i
+    return [baseline, *paths], 0
+
+
+def evaluate_report(
+    paths: Sequence[Path],
+    by: str | None = None,
+    out_dir: Path = Path("evaluation"),
+    *,
+    qrels: Path | Qrels | None = None,
+    baseline: Path | None = None,
+    metrics: Sequence[str] | None = None,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> EvaluationReport:
+    """What ``dynamicrag evaluate`` runs: evaluate, compare with a baseline, write the report.
 
     Args:
         paths: ``infer`` output files, one per run.
         by: Record field to group by (e.g. ``"task"``), or None.
-        out_dir: Folder for ``evaluation.json``, ``evaluation.md`` and the PNGs (created).
+        out_dir: Folder for ``evaluation.json``, ``evaluation.md`` and the PNGs (created);
+            with a baseline also ``paired_comparison.json`` / ``.md`` / ``.png``.
+        qrels: A TREC qrels file (or loaded judgments), the source of reranker relevance.
+        baseline: An ``infer`` output to compare every other run with, paired by question
+            id (:func:`~dynamicrag.evaluate.compare.compare_runs`); evaluated too when it is
+            not one of ``paths``.
+        metrics: Answer metrics of the comparison; default: those every baseline record reports.
+        resamples: Bootstrap resamples and permutations of the comparison.
+        seed: Their seed.
 
     Returns:
-        The summary (as in :func:`evaluate_files`), also written to ``evaluation.json``.
+        The summary, the comparison and the files written.
+
+    Raises:
+        DataError: An unreadable run or qrels file.
+        ValueError: A run without records, a record its metrics cannot score, a baseline
+            with no other run to compare, or a comparison error (naming the run).
     """
-    paths = [Path(p) for p in paths]
+    from dynamicrag.evaluate.compare import COMPARISON_STEM, compare_runs, comparison_markdown, write_comparison
+    from dynamicrag.evaluate.rerank_metrics import load_qrels
+
+    paths, base_index = _with_baseline([Path(p) for p in paths], baseline)
+    if base_index is not None and len(paths) < 2:
+        raise ValueError("--baseline: give at least one other run to compare with it")
+    if qrels is not None and not isinstance(qrels, Mapping):
+        qrels = load_qrels(qrels)
     out_dir = Path(out_dir)
     runs = load_runs(paths)
-    summary = {name: _evaluate_run(name, path, runs[name], by) for name, path in zip(runs, paths)}
+    summary = {name: _evaluate_run(name, path, runs[name], by, qrels) for name, path in zip(runs, paths)}
     atomic_write_json(out_dir / "evaluation.json", summary)
     plots = plot_reports(summary, runs, out_dir)
     body = "# Evaluation\n\n" + to_markdown(summary)
     body += "\nAnswer metrics are means over all records; failed records count 0.0.\n\n"
     body += "".join(f"![{p.stem}]({p.name})\n" for p in plots)
+    files = [out_dir / "evaluation.json", *plots]
+    comparison = None
+    if base_index is not None:
+        names = list(runs)
+        base_name = names[base_index]
+        comparison = compare_runs(
+            runs[base_name], {n: runs[n] for n in names if n != base_name}, list(metrics) if metrics else None,
+            resamples=resamples, seed=seed, baseline_name=base_name,
+        )
+        files += write_comparison(comparison, out_dir)
+        body += f"\n## Paired comparison against {base_name}\n\n{comparison_markdown(comparison)}"
+        body += f"\n![{COMPARISON_STEM}]({COMPARISON_STEM}.png)\n"
     atomic_write_text(out_dir / "evaluation.md", body)
-    logger.info("wrote %s, %s and %d plots", out_dir / "evaluation.json", out_dir / "evaluation.md", len(plots))
-    return summary
+    files.append(out_dir / "evaluation.md")
+    logger.info("wrote %s", ", ".join(str(f) for f in files))
+    return EvaluationReport(summary, comparison, files)
+
+
+def evaluate_command(
+    paths: Sequence[Path], by: str | None, out_dir: Path, *, qrels: Path | Qrels | None = None
+) -> dict[str, dict[str, Any]]:
+    """Evaluate, write ``evaluation.json``, ``evaluation.md`` and the plots (no comparison).
+
+    Args:
+        paths: ``infer`` output files, one per run.
+        by: Record field to group by (e.g. ``"task"``), or None.
+        out_dir: Folder for the report files (created).
+        qrels: A TREC qrels file (or loaded judgments), the source of reranker relevance.
+
+    Returns:
+        The summary (as in :func:`evaluate_files`), also written to ``evaluation.json``.
+    """
+    return evaluate_report(paths, by, out_dir, qrels=qrels).summary

@@ -24,6 +24,7 @@ import torch
 
 from dynamicrag.llm.base import Chat, Completion, SamplingParams
 from dynamicrag.llm.constrain import is_complete, is_valid_prefix
+from dynamicrag.llm.lora import adapter_active, attach_adapter
 from dynamicrag.llm.models import resolve_model
 
 logger = logging.getLogger(__name__)
@@ -168,10 +169,19 @@ class TransformersBackend:
         device: Torch device, e.g. ``"cpu"`` or ``"cuda:0"``.
         dtype: ``"auto"`` (fp32 on CPU) or a dtype name.
         batch_size: Sequences per forward batch (prompts x ``n`` when sampling several).
+        adapter: A LoRA adapter folder (peft ``save_pretrained``) to run on the model. The base
+            model stays loaded once: backends on the same model with other adapters (or none)
+            share it and switch their adapter on per call, under the shared generate lock
+            (see :mod:`dynamicrag.llm.lora`).
+
+    Attributes:
+        adapter_name: The peft name of the adapter this backend runs (``None``: the base
+            model); the weights active during this backend's ``generate`` calls.
 
     Example:
         >>> llm = TransformersBackend()
         >>> [[c]] = llm.generate([[{"role": "user", "content": "Hi"}]], SamplingParams(max_new_tokens=8))
+        >>> reranker = TransformersBackend(adapter="runs/recipe/adapter")  # same base, adapter on
     """
 
     name = "transformers"
@@ -186,6 +196,7 @@ class TransformersBackend:
         device: str = "cpu",
         dtype: str | torch.dtype = "auto",
         batch_size: int = 8,
+        adapter: str | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -200,6 +211,11 @@ class TransformersBackend:
         self.eos_ids = sorted(set(eos) | {self.tokenizer.eos_token_id} - {None})
         self.pad_id = self.tokenizer.pad_token_id
         self._constraint: _IdListConstraint | None = None
+        self.adapter = adapter
+        self.adapter_name: str | None = None
+        if adapter:
+            with self._lock:  # injecting LoRA layers must not race a generate call on the shared model
+                self.adapter_name = attach_adapter(self.lm, adapter)
 
     def encode(self, chat: Chat) -> list[int]:
         """Token ids of ``chat`` after the chat template, ending with the assistant header."""
@@ -229,7 +245,7 @@ class TransformersBackend:
         # Similar lengths together: less padding to compute over.
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         results: list[list[Completion]] = [[] for _ in prompts]
-        with self._lock, torch.inference_mode(), _seeded(params.seed, self.device):
+        with self._lock, adapter_active(self.lm, self.adapter_name), torch.inference_mode(), _seeded(params.seed, self.device):
             for start in range(0, len(order), per_batch):
                 chunk = order[start:start + per_batch]
                 for i, completions in zip(chunk, self._generate_batch([prompts[i] for i in chunk], params)):
@@ -311,10 +327,10 @@ class TransformersBackend:
             raise ValueError(f"{len(chats)} chats but {len(continuations)} continuations")
         prompts = [self.encode(chat) for chat in chats]
         conts = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
-        with self._lock:
+        with self._lock, adapter_active(self.lm, self.adapter_name):  # this backend's adapter (or none)
             return continuation_loglikelihood(
                 self.lm, prompts, conts, pad_id=self.pad_id, batch_size=batch_size or self.batch_size,
-                groups=groups, stats=stats
+                groups=groups, stats=stats,
             )
 
     def _completion(self, new: list[int], prompt_tokens: int, params: SamplingParams) -> Completion:

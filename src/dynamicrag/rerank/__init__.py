@@ -1,7 +1,9 @@
 """Rerankers: each turns examples with candidate passages into Selections (ids, in order).
 
 ``dynamic`` is the method; ``none``, ``topk``, ``pointwise`` and ``listwise`` are the baselines
-of the paper's comparisons, run with the same generator.
+of the paper's comparisons, run with the same generator; ``adaptive-k`` and ``threshold`` are
+training-free dynamic-k baselines (a cut of the score-sorted candidates); ``gold`` selects the
+passages the data marks as gold (a ceiling, not a method).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ class Reranker(Protocol):
         ...
 
 
-RERANKERS = ("dynamic", "none", "topk", "pointwise", "listwise")
+RERANKERS = ("dynamic", "none", "topk", "pointwise", "listwise", "adaptive-k", "threshold", "gold")
 
 
 def make_reranker(
@@ -38,6 +40,9 @@ def make_reranker(
     scorer: str = "embedding",
     max_new_tokens: int | None = None,
     passage_words: int | None = None,
+    buffer: int = 0,
+    threshold: float | None = None,
+    max_drop: float | None = None,
 ) -> Any:
     """Build a reranker by name: the one place the CLI and the benchmark runner turn options
     into a reranker.
@@ -50,9 +55,13 @@ def make_reranker(
         window: Passages per LLM call (dynamic: 40, listwise: 20 when None).
         stride: Listwise window step.
         constrained: Dynamic reranker decoding constrained to the id grammar.
-        scorer: Pointwise scorer (see :func:`dynamicrag.rerank.pointwise.make_scorer`).
+        scorer: Scorer of ``pointwise``, ``adaptive-k`` and ``threshold`` (see
+            :func:`dynamicrag.rerank.pointwise.make_scorer`; ``retriever``: the retriever's scores).
         max_new_tokens: Cap on an LLM reranker's output (None: the reranker's default).
         passage_words: Dynamic reranker: words shown of each passage (None: all).
+        buffer: ``adaptive-k``: extra passages kept below the largest score gap.
+        threshold: ``threshold``: lowest score kept.
+        max_drop: ``threshold``: largest drop from the top score kept, as a share of it.
     """
     if kind not in RERANKERS:
         raise ValueError(f"unknown reranker {kind!r}; choose one of {sorted(RERANKERS)}")
@@ -64,6 +73,17 @@ def make_reranker(
         from dynamicrag.rerank.pointwise import PointwiseReranker, make_scorer
 
         return PointwiseReranker(make_scorer(scorer), k=k)
+    if kind in ("adaptive-k", "threshold"):
+        from dynamicrag.rerank.cutoff import AdaptiveKReranker, ThresholdReranker
+        from dynamicrag.rerank.pointwise import make_scorer
+
+        if kind == "adaptive-k":
+            return AdaptiveKReranker(make_scorer(scorer), buffer=buffer)
+        return ThresholdReranker(make_scorer(scorer), threshold=threshold, max_drop=max_drop)
+    if kind == "gold":
+        from dynamicrag.rerank.gold import GoldReranker
+
+        return GoldReranker()
     if backend is None:
         raise ValueError(f"the {kind} reranker needs an LLM backend")
     if kind == "listwise":
@@ -77,8 +97,8 @@ def make_reranker(
 
 
 __all__ = [
-    "RERANKERS", "DynamicReranker", "ListwiseReranker", "PointwiseReranker", "Reranker", "TopKReranker",
-    "make_reranker", "parse_selection",
+    "RERANKERS", "AdaptiveKReranker", "DynamicReranker", "GoldReranker", "ListwiseReranker", "PointwiseReranker",
+    "Reranker", "ThresholdReranker", "TopKReranker", "make_reranker", "parse_selection",
 ]
 
 
@@ -92,4 +112,12 @@ def __getattr__(name: str) -> Any:
         from dynamicrag.rerank.listwise import ListwiseReranker
 
         return ListwiseReranker
+    if name in ("AdaptiveKReranker", "ThresholdReranker"):
+        from dynamicrag.rerank import cutoff
+
+        return getattr(cutoff, name)
+    if name == "GoldReranker":
+        from dynamicrag.rerank.gold import GoldReranker
+
+        return GoldReranker
     raise AttributeError(name)

@@ -268,6 +268,24 @@ class EmbeddingScorer:
         return (np.asarray(d, dtype=np.float64) @ np.asarray(q, dtype=np.float64)[0]).tolist()
 
 
+class RetrieverScorer:
+    """The score the retriever gave each passage (``Passage.score``): no model at all.
+
+    Raises from :meth:`score`: ValueError naming the first passage without a score (an
+    example's own passages usually come without; score them with a model scorer instead).
+    """
+
+    def score(self, query: str, passages: Sequence[Passage]) -> list[float]:
+        """``Passage.score`` per passage, in input order."""
+        missing = next((p for p in passages if p.score is None), None)
+        if missing is not None:
+            raise ValueError(
+                f"passage {missing.id!r} has no retriever score: the retriever scorer needs passages "
+                "from an index (or with a 'score' field); use a model scorer such as 'embedding'"
+            )
+        return [float(p.score) for p in passages]  # type: ignore[arg-type]
+
+
 def _causal(model: str) -> MonoT5Scorer:
     from dynamicrag.llm import load_backend
 
@@ -280,6 +298,7 @@ SCORERS: dict[str, Callable[[str], Scorer]] = {
     "monot5": lambda arg: MonoT5Scorer(arg or DEFAULT_MONOT5),
     "cross-encoder": lambda arg: CrossEncoderScorer(arg or DEFAULT_CROSS_ENCODER),
     "causal": _causal,
+    "retriever": lambda arg: RetrieverScorer(),
 }
 """Scorer kind -> factory taking the model part of ``"kind:model"`` ("" when absent)."""
 
@@ -289,7 +308,8 @@ def make_scorer(name_or_path: str = "embedding") -> Scorer:
 
     Kinds: ``embedding[:encoder]`` (bundled all-MiniLM-L6-v2 by default),
     ``monot5[:model]`` (castorini/monot5-base-msmarco), ``cross-encoder[:model]``
-    (cross-encoder/ms-marco-MiniLM-L6-v2), ``causal[:model]`` (the bundled SmolLM2).
+    (cross-encoder/ms-marco-MiniLM-L6-v2), ``causal[:model]`` (the bundled SmolLM2),
+    ``retriever`` (the scores the retriever gave, ``Passage.score``).
 
     Raises:
         ValueError: Unknown kind (the message lists the known ones).
@@ -307,6 +327,7 @@ __all__ = [
     "EmbeddingScorer",
     "MonoT5Scorer",
     "PointwiseReranker",
+    "RetrieverScorer",
     "SCORERS",
     "Scorer",
     "make_scorer",

@@ -539,15 +539,16 @@ def create_app(reranker: Any, generator: Any, retriever: Any = None, settings: S
 SERVE_OPTIONS_HELP: dict[str, str] = {
     "host": "Interface to bind; loopback by default (0.0.0.0 serves other machines: set an API key)",
     "port": "TCP port",
-    "model": "HF id or path; default: the bundled SmolLM2-135M-Instruct",
-    "backend": "transformers | openai | vllm | llamacpp",
-    "base_url": "OpenAI-compatible server for --backend openai, e.g. http://127.0.0.1:8000/v1",
+    "config": "What plays each role (models, adapters, backends) and the reranker's settings",
     "index_dir": "Index (from `dynamicrag index`) searched when /v1/answer gets no passages",
-    "prompt_style": "default | official (released checkpoints) | a YAML path",
-    "constrained": "Constrain reranker decoding to the id grammar (on by default: the bundled model is not trained as a reranker)",
     **{f.name: f.metadata["help"] for f in fields(ServeSettings) if f.name not in ("model_name", "max_body_bytes")},
 }
 """Help of each :func:`serve_command` parameter, for the typer command (written once here)."""
+
+SERVE_DEFAULTS: dict[str, Any] = {"top_n": None, "constrained": True}
+"""The server's defaults for what neither the options nor the reranker adapter's manifest set
+(:func:`dynamicrag.build.resolve_config`): constrained decoding, as the base model is not
+trained as a reranker; ``top_n`` left to :class:`ServeSettings`."""
 
 
 def _is_loopback(host: str) -> bool:
@@ -562,11 +563,8 @@ def _is_loopback(host: str) -> bool:
 def serve_command(
     host: str = "127.0.0.1",
     port: int = 8000,
-    model: str | None = None,
-    backend: str = "transformers",
-    base_url: str | None = None,
+    config: Any = None,
     index_dir: str | Path | None = None,
-    prompt_style: str = "default",
     api_key: str | None = None,
     max_passages: int = ServeSettings.max_passages,
     max_text_chars: int = ServeSettings.max_text_chars,
@@ -574,35 +572,31 @@ def serve_command(
     timeout_s: float = ServeSettings.timeout_s,
     max_batch: int = ServeSettings.max_batch,
     batch_wait_ms: float = ServeSettings.batch_wait_ms,
-    constrained: bool = True,
     top_n: int | None = None,
 ) -> None:
     """Load the models (and the index), then serve until interrupted (Ctrl-C).
 
-    Args: see :data:`SERVE_OPTIONS_HELP`; ``api_key`` falls back to ``$DYNAMICRAG_API_KEY``
-    (which keeps the key out of the process list).
+    Args: see :data:`SERVE_OPTIONS_HELP`. ``config`` is a :class:`~dynamicrag.build.PipelineConfig`
+    (None: every default), resolved with :data:`SERVE_DEFAULTS`; ``top_n`` falls back to its
+    ``top_n``; ``api_key`` to ``$DYNAMICRAG_API_KEY`` (which keeps the key out of the process list).
 
     Raises:
-        ValueError: A bad option (unknown backend, prompt style, limits).
+        ValueError: A bad option (unknown backend, adapter, prompt style, limits).
         NotAnIndexError: ``index_dir`` is not an index.
     """
-    from dynamicrag.generate import Generator
-    from dynamicrag.llm import load_backend
-    from dynamicrag.prompts import load_style
-    from dynamicrag.rerank import make_reranker
+    from dynamicrag.build import PipelineConfig, build_pipeline, resolve_config
     from dynamicrag.retrieve import load_index
 
+    config = resolve_config(config or PipelineConfig(), **SERVE_DEFAULTS)
     settings = ServeSettings(
         api_key=api_key or os.environ.get(API_KEY_ENV) or None, max_passages=max_passages,
         max_text_chars=max_text_chars, max_queue=max_queue, timeout_s=timeout_s, max_batch=max_batch,
-        batch_wait_ms=batch_wait_ms, top_n=top_n,
+        batch_wait_ms=batch_wait_ms, top_n=top_n or config.top_n,
     )
     if not _is_loopback(host) and settings.api_key is None:
         logger.warning("serving on %s without an API key: anyone who can reach it can use the model", host)
-    style = load_style(prompt_style)
     retriever = load_index(index_dir) if index_dir else None
-    llm = load_backend(backend, model=model, **({"base_url": base_url} if base_url else {}))
-    app = create_app(make_reranker("dynamic", llm, style, constrained=constrained), Generator(llm, style),
-                     retriever, settings)
+    pipeline = build_pipeline(config)
+    app = create_app(pipeline.reranker, pipeline.generator, retriever, settings)
     # After Ctrl-C, running requests get up to one timeout to finish; then the rest get 503.
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=int(timeout_s) + 1)

@@ -322,10 +322,19 @@ class Recipe:
 
         return load_backend("transformers", self.config.model)
 
-    def trained_model(self) -> Path:
-        """The merged model of the last training stage (DPO when it ran, else SFT)."""
-        dpo = self.out / "dpo" / "merged"
-        return dpo if (dpo / "config.json").exists() else self.out / "sft" / "merged"
+    def trained_adapter(self) -> Path:
+        """The adapter of the last training stage (DPO when it ran, else SFT)."""
+        dpo = self.out / "dpo" / "adapter"
+        return dpo if (dpo / "adapter_config.json").exists() else self.out / "sft" / "adapter"
+
+    def role_backend(self, role: str, adapter: Path) -> Any:
+        """The backend playing ``role``: the base model with ``adapter`` on when the role was
+        trained, else the base model alone (one base in memory either way, as at inference)."""
+        from dynamicrag.llm import load_backend
+
+        if role not in self.config.roles:
+            return self.base_backend()
+        return load_backend("transformers", self.config.model, adapter=str(adapter.resolve()))
 
     # -- stages
     def run(self, stop_after: str | None = None) -> Path | None:
@@ -397,7 +406,6 @@ class Recipe:
         return load_examples(self.out / "prepare" / "dpo_pool.jsonl")
 
     def stage_sample(self) -> None:
-        from dynamicrag.llm import load_backend
         from dynamicrag.train.sample import SampleConfig, sample_trajectories
 
         c = self.config
@@ -408,16 +416,16 @@ class Recipe:
         pool = self._pool()
 
         def work() -> None:
-            sft = load_backend("transformers", str(self.out / "sft" / "merged"))
             # Each role is played by the model that will play it at inference: a reranker-only
             # adapter's lists are judged by the base generator's answers, and so on.
-            reranker = sft if "reranker" in c.roles else self.base_backend()
-            generator = sft if "generator" in c.roles else self.base_backend()
+            adapter = self.out / "sft" / "adapter"
+            reranker, generator = self.role_backend("reranker", adapter), self.role_backend("generator", adapter)
             config = SampleConfig(n=c.sample_n, temperature=c.sample_temperature, top_n=c.top_n,
                                   constrained=c.sample_constrained,
                                   answer_max_new_tokens=c.answer_tokens, passage_words=c.passage_words, seed=c.seed)
             _write_resumable(path, pool, 4,
-                             lambda batch: sample_trajectories(batch, reranker, c.prompt_style, config, generator))
+                             lambda batch: sample_trajectories(batch, reranker, c.prompt_style, config,
+                                                                 generator_backend=generator))
 
         self.log.run("sample", lambda: _count(path) == len(pool), work)
 
@@ -488,17 +496,15 @@ class Recipe:
         """
         from dynamicrag.evaluate.report import evaluate_records
         from dynamicrag.generate import Generator
-        from dynamicrag.llm import load_backend
         from dynamicrag.pipeline import Pipeline
         from dynamicrag.prompts import load_style
         from dynamicrag.rerank import make_reranker
 
         c = self.config
         style = load_style(c.prompt_style)
-        trained = load_backend("transformers", str(self.trained_model()))
-        generator = Generator(trained if "generator" in c.roles else self.base_backend(), style,
-                              max_new_tokens=c.answer_tokens)
-        reranker = trained if "reranker" in c.roles else self.base_backend()
+        adapter = self.trained_adapter()
+        generator = Generator(self.role_backend("generator", adapter), style, max_new_tokens=c.answer_tokens)
+        reranker = self.role_backend("reranker", adapter)
         rows = {"dynamic": make_reranker("dynamic", reranker, style, passage_words=c.passage_words)}
         rows.update({f"top-{k}": make_reranker("topk", reranker, style, k=k) for k in c.eval_fixed_k})
         benches = {

@@ -70,17 +70,16 @@ class SampleConfig:
         default=40,
         metadata={"help": "Candidates shown to the reranker: the first top_n passages of each question (original: 40)."},
     )
-    passage_words: int | None = field(
-        default=None,
-        metadata={"help": "Words shown of each passage in the reranker prompt (None: all); the cap the SFT "
-                  "data was prepared with, recorded in each record for the pairs stage."},
-    )
     constrained: bool = field(
         default=False,
         metadata={"help": "Constrain the reranker to the id grammar, so every sample is well-formed (original: no)."},
     )
     seed: int | None = field(
         default=42, metadata={"help": "Sampling seed of each backend call; null leaves the backend's default."}
+    )
+    passage_words: int | None = field(
+        default=None,
+        metadata={"help": "Words of each passage shown to the reranker (null: all); a trained adapter's own cap."},
     )
 
     def __post_init__(self) -> None:
@@ -97,12 +96,12 @@ class SampleConfig:
             raise ValueError(f"temperature: must be >= 0, got {self.temperature!r}")
         if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
             raise ValueError(f"top_p: must be in (0, 1], got {self.top_p!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise ValueError(f"seed: must be an integer or null, got {self.seed!r}")
         if self.passage_words is not None and (
             isinstance(self.passage_words, bool) or not isinstance(self.passage_words, int) or self.passage_words < 1
         ):
             raise ValueError(f"passage_words: must be a positive integer or null, got {self.passage_words!r}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise ValueError(f"seed: must be an integer or null, got {self.seed!r}")
 
 
 def _sample_record(sel: Selection, answer: str | None) -> dict[str, Any]:
@@ -114,19 +113,18 @@ def sample_trajectories(
     backend: Backend,
     style: PromptStyle | str = "default",
     config: SampleConfig | None = None,
-    generator: Backend | None = None,
+    generator_backend: Backend | None = None,
 ) -> list[dict[str, Any]]:
     """Sample ``n`` id lists per example and answer each distinct list greedily.
 
     Args:
         examples: Questions with their retrieved passages (only the first ``top_n`` are shown).
-        backend: The SFT model: the reranker, and the generator unless ``generator`` is given.
+        backend: The SFT model: the reranker, and the generator unless ``generator_backend`` is given.
         style: Prompt style, or its name / YAML path (the string is recorded as
             ``prompt_style`` so the reward stage can rebuild the same prompts).
         config: Sampling settings; None = the original's.
-        generator: The model that answers, when it is not the reranker (a reranker-only
-            adapter is used with the base generator, so its lists are judged by the answers
-            of the generator it will serve).
+        generator_backend: The generator role's model when it is not ``backend`` (e.g. the base
+            model while the reranker runs an adapter).
 
     Returns:
         One record per example, in input order (format in the module docstring). If the
@@ -137,20 +135,20 @@ def sample_trajectories(
     config = config or SampleConfig()
     style_name = style if isinstance(style, str) else style.name
     style = load_style(style) if isinstance(style, str) else style
-    return _sample_isolated(examples, backend, style, style_name, config, generator or backend)
+    return _sample_isolated(examples, (backend, generator_backend or backend), style, style_name, config)
 
 
 def _sample_isolated(
-    examples: Sequence[Example], backend: Backend, style: PromptStyle, style_name: str, config: SampleConfig,
-    generator: Backend,
+    examples: Sequence[Example], backends: tuple[Backend, Backend], style: PromptStyle, style_name: str,
+    config: SampleConfig,
 ) -> list[dict[str, Any]]:
     """:func:`_sample_batch`; on an exception, one example at a time, failures recorded."""
     try:
-        return _sample_batch(examples, backend, style, style_name, config, generator)
+        return _sample_batch(examples, backends, style, style_name, config)
     except Exception as err:  # noqa: BLE001 - the backend is a boundary: isolate the failing example
         if len(examples) > 1:
             logger.warning("sampling a batch failed (%s); retrying its %d examples one by one", err, len(examples))
-            return [r for ex in examples for r in _sample_isolated([ex], backend, style, style_name, config, generator)]
+            return [r for ex in examples for r in _sample_isolated([ex], backends, style, style_name, config)]
         logger.warning("example %s failed: %s", examples[0].id if examples else "?", err)
         failed = _sample_record(Selection(well_formed=False, error=f"{type(err).__name__}: {err}"), None)
         return [
@@ -162,13 +160,14 @@ def _sample_isolated(
 
 
 def _sample_batch(
-    examples: Sequence[Example], backend: Backend, style: PromptStyle, style_name: str, config: SampleConfig,
-    generator_backend: Backend,
+    examples: Sequence[Example], backends: tuple[Backend, Backend], style: PromptStyle, style_name: str,
+    config: SampleConfig,
 ) -> list[dict[str, Any]]:
     shown = [ex.model_copy(update={"passages": ex.passages[: config.top_n]}) for ex in examples]
+    reranker_backend, generator_backend = backends
 
     reranker = DynamicReranker(
-        backend,
+        reranker_backend,
         style,
         window=max(config.top_n, 2),  # every example fits one window: no top-N reduction
         max_new_tokens=config.rerank_max_new_tokens,
@@ -194,7 +193,7 @@ def _sample_batch(
     for e, (ex, sels) in enumerate(zip(shown, samples)):
         record = ex.model_dump(mode="json")
         record["prompt_style"] = style_name
-        record["passage_words"] = config.passage_words
+        record["passage_words"] = config.passage_words  # the pairs stage rebuilds the same prompt
         record["samples"] = [
             _sample_record(sel, answers[job_of[(e, tuple(sel.ids))]] if sel.error is None else None) for sel in sels
         ]
