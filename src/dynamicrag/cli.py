@@ -104,6 +104,10 @@ ConstrainedOpt = typer.Option(
     None, "--constrained/--free",
     help="Constrain reranker decoding to the id grammar ([i], [j] or None) (default: the reranker adapter's, else free)",
 )
+# The reranker prompt's word cap per passage in training data: the same in prepare, sample and inference.
+TrainPassageWordsOpt = typer.Option(
+    None, "--passage-words", min=1, help="Words shown of each passage in the reranker prompt (default: all); use the same cap in sample and at inference"
+)
 # Where the batches of infer, label, sample and reward run (dynamicrag.executors).
 ExecutorOpt = typer.Option(
     ExecutorKind.local, "--executor", help="local: batches run in this process | ray: spread over Ray workers, one model copy each"
@@ -311,11 +315,10 @@ def _retrieve_fn(index_dir: str, top_n: int):
 
 def _label_fn(config, index_dir: str | None, retrieve: bool):
     from dynamicrag.pipeline import with_passages
-    from dynamicrag.rerank.pointwise import make_scorer
     from dynamicrag.retrieve import load_index
-    from dynamicrag.train.label import label_examples
+    from dynamicrag.train.label import label_examples, make_teacher
 
-    teacher = make_scorer(config.scorer)
+    teacher = make_teacher(config)
     retriever = load_index(index_dir) if index_dir else None
 
     def label_batch(batch):
@@ -906,11 +909,15 @@ def label(
     input: Path = typer.Option(..., "--input", help="Training questions: any supported examples format"),
     output: Path = typer.Option(..., "--output", help="Labelled examples JSONL (resumed if it exists)"),
     index_dir: Optional[Path] = typer.Option(None, "--index", help="Index for examples without their own passages"),
-    scorer: str = typer.Option("embedding", "--scorer", help="Teacher: embedding | monot5:MODEL (the paper) | cross-encoder:MODEL | causal:[MODEL]"),
+    scorer: str = typer.Option("embedding", "--scorer", help="Teacher: embedding | monot5:MODEL (the paper) | cross-encoder:MODEL | causal:[MODEL] | utility[:MODEL] (the generator's likelihood of the gold answer; default the bundled SmolLM2)"),
     top_n: int = typer.Option(10, "--top-n", help="Passages labelled per example (the reranker's training candidates)"),
-    rule: str = typer.Option("teacher_and_answer", "--rule", help="teacher_and_answer | teacher (the paper) | answer | teacher_or_answer"),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help="Teacher score above which a passage is relevant (default by scorer: monot5 log 0.5, cross-encoder 0, embedding 0.45)"),
-    top_m: Optional[int] = typer.Option(None, "--top-m", help="Only the top M teacher scores can be relevant, 0: no cap (default: embedding 3, others 0)"),
+    rule: Optional[str] = typer.Option(None, "--rule", help="teacher_and_answer | teacher (the paper) | answer | teacher_or_answer (default: teacher for utility, else teacher_and_answer)"),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Teacher score above which a passage is relevant (default by scorer: monot5 log 0.5, cross-encoder 0, embedding 0.45; utility: the nats a passage must add, 1.0)"),
+    top_m: Optional[int] = typer.Option(None, "--top-m", help="Only the top M teacher scores can be relevant, 0: no cap (default: embedding 3, utility 5 = the longest expert list, others 0)"),
+    prompt_style: str = typer.Option("default", "--prompt-style", help="utility: the generator prompt scored (default | official | a YAML path)"),
+    tie_margin: float = typer.Option(0.1, "--tie-margin", help="utility: utilities closer than this (nats) are ties, broken toward retrieval order"),
+    answer_form: str = typer.Option("phrase", "--answer-form", help="utility: gold answer scored as: phrase (the answer alone) | sentence ('The answer is ...')"),
+    max_answers: int = typer.Option(3, "--max-answers", help="utility: most gold answers scored per question (log-sum-exp of their likelihoods)"),
     task: Optional[str] = typer.Option(None, "--task", help="Task of every example (default: detected)"),
     limit: Optional[int] = LimitOpt,
     skip: int = SkipOpt,
@@ -928,7 +935,10 @@ def label(
     from dynamicrag.train.label import LabelConfig
 
     try:
-        config = LabelConfig(scorer=scorer, top_n=top_n, rule=rule, threshold=threshold, top_m=top_m)
+        config = LabelConfig(
+            scorer=scorer, top_n=top_n, rule=rule, threshold=threshold, top_m=top_m, prompt_style=prompt_style,
+            tie_margin=tie_margin, answer_form=answer_form, max_answers=max_answers,
+        )
         examples = load_examples(input, task=task, limit=limit, skip=skip)
     except (DataError, FileNotFoundError, ValueError) as err:
         _fail(str(err))
@@ -960,6 +970,19 @@ def label(
         f"{elapsed / ran:.2f}" if ran else "-",
     )
     _print_table(table)
+    costs = [r["extra"]["utility"] for r in records if "utility" in r.get("extra", {})]
+    if costs:
+        experts = [r["extra"]["expert"] for r in records if "expert" in r["extra"]]
+        table = Table(title="utility teacher: expert lists and cost per question")
+        for col in ("questions", "None %", "mean k", "sequences", "forward passes", "tokens run"):
+            table.add_column(col, justify="right")
+        mean = lambda key: sum(c["cost"].get(key, 0) for c in costs) / len(costs)  # noqa: E731
+        table.add_row(
+            str(len(costs)), f"{100 * sum(not e for e in experts) / len(experts):.0f}",
+            f"{sum(map(len, experts)) / len(experts):.2f}", f"{mean('sequences'):.1f}",
+            f"{mean('forward_passes'):.1f}", f"{mean('tokens'):.0f}",
+        )
+        _print_table(table)
 
 
 @app.command("prepare")
@@ -971,6 +994,7 @@ def prepare_cmd(
     max_generator_passages: int = typer.Option(15, "--max-generator-passages", help="Most passages in a generator prompt (original: 15)"),
     sft_fraction: float = typer.Option(0.7, "--sft-fraction", help="Share of examples for SFT; the rest is the DPO pool"),
     seed: int = typer.Option(0, "--seed", help="Split seed (same seed, same files)"),
+    passage_words: Optional[int] = TrainPassageWordsOpt,
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Split labelled examples into SFT and DPO pools; write SFT data for TRL and LLaMA-Factory."""
@@ -983,6 +1007,7 @@ def prepare_cmd(
         stats = prepare(
             examples, out_dir, style=prompt_style, max_k=max_k,
             max_generator_passages=max_generator_passages, sft_fraction=sft_fraction, seed=seed,
+            passage_words=passage_words,
         )
     except (DataError, FileNotFoundError, ValueError) as err:
         _fail(str(err))
@@ -1084,7 +1109,7 @@ def sample(
 def reward(
     input: Path = typer.Option(..., "--input", help="Sampled trajectories (the output of `dynamicrag sample`)"),
     output: Path = typer.Option(..., "--output", help="The same records with a reward on every sample (resumed if it exists)"),
-    config: Optional[Path] = typer.Option(None, "--config", help="Reward config (.yaml/.toml): weights, em_rule, semantic, length_penalty, judge prompt"),
+    config: Optional[Path] = typer.Option(None, "--config", help="Reward config (.yaml/.toml): weights (em, semantic, rouge_l, length, judge, match), em_rule, semantic, length_penalty, judge prompt"),
     semantic: Optional[str] = typer.Option(None, "--semantic", help="minilm (offline) | embedding:MODEL | bertscore[:MODEL] (the paper)"),
     judge_backend: Optional[str] = typer.Option(None, "--judge-backend", help="LLM judge backend (transformers | openai | vllm | llamacpp); none: no judge part"),
     judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Judge model (HF id, path, or the server's model name)"),
@@ -1121,7 +1146,7 @@ def reward(
     scored = [r for _, r in read_jsonl(output)]
     rewards = [s["reward"] for r in scored for s in r["samples"] if s.get("reward")]
     table = Table(title=f"reward: {output} ({ran} records scored in this run)")
-    for col in ("records", "samples", "mean total", "em", "semantic", "rouge_l", "length", "judge", "judge errors"):
+    for col in ("records", "samples", "mean total", "em", "match", "semantic", "rouge_l", "length", "judge", "judge errors"):
         table.add_column(col, justify="right")
 
     def mean(part: str) -> str:
@@ -1129,7 +1154,7 @@ def reward(
         return f"{sum(values) / len(values):.3f}" if values else "-"
 
     table.add_row(
-        str(len(scored)), str(len(rewards)), mean("total"), mean("em"), mean("semantic"), mean("rouge_l"),
+        str(len(scored)), str(len(rewards)), mean("total"), mean("em"), mean("match"), mean("semantic"), mean("rouge_l"),
         mean("length"), mean("judge"), str(sum(r.get("judge_error") is not None for r in rewards)),
     )
     _print_table(table)
@@ -1140,26 +1165,33 @@ def pairs(
     input: Path = typer.Option(..., "--input", help="Rewarded trajectories (the output of `dynamicrag reward`)"),
     out_dir: Path = typer.Option(..., "--out", help="Output folder: dpo.jsonl (TRL), llamafactory/, pairs_stats.json"),
     keep_ties: bool = typer.Option(False, "--keep-ties", help="Also build generator pairs for questions whose samples all scored the same"),
+    reward_config: Optional[Path] = typer.Option(None, "--reward-config", help="Recompute every total from the stored parts with these weights first (reward's config file; no model runs)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Build DPO preference pairs: best vs worst id list, gold vs wrong answer."""
     _setup_logging(verbose)
     from dynamicrag.data import DataError, read_jsonl
     from dynamicrag.train.pairs import export_pairs
+    from dynamicrag.train.reward import RewardConfig, reweight_samples
+    from dynamicrag.train.sft import read_run_config
 
     try:
         records = [r for _, r in read_jsonl(input)]
+        if reward_config:
+            records = reweight_samples(records, read_run_config(RewardConfig, reward_config, {}, "reward"))
         stats = export_pairs(records, out_dir, skip_ties=not keep_ties)
     except (DataError, FileNotFoundError, ValueError) as err:
         _fail(str(err))
     table = Table(title=f"pairs: {out_dir}")
-    for col in ("examples", "reranker pairs", "generator pairs", "reranker skipped", "generator skipped", "mean reward gap"):
+    for col in ("examples", "reranker pairs", "generator pairs", "reranker skipped", "generator skipped",
+                "mean reward gap", "ties at the top", "chosen None %", "chosen shorter / longer"):
         table.add_column(col, justify="right")
     table.add_row(
         str(stats["examples"]), str(stats["reranker_pairs"]), str(stats["generator_pairs"]),
         ", ".join(f"{k} {v}" for k, v in stats["reranker_skipped"].items()) or "-",
         ", ".join(f"{k} {v}" for k, v in stats["generator_skipped"].items()) or "-",
-        f"{stats['mean_reranker_reward_gap']:.3f}",
+        f"{stats['mean_reranker_reward_gap']:.3f}", str(stats["best_ties"]),
+        f"{100 * stats['chosen_none_share']:.0f}", f"{stats['chosen_shorter']} / {stats['chosen_longer']}",
     )
     _print_table(table)
 
@@ -1255,7 +1287,11 @@ def _train(load_config, train, config: Path, train_file, output_dir, model, max_
         merged = train(run)
     except (FileNotFoundError, ValueError, FloatingPointError) as err:
         _fail(str(err))
-    console.print(f"merged model written to {merged} in {time.perf_counter() - start:.0f} s; use it with --model {merged}")
+    elapsed = time.perf_counter() - start
+    if merged.name == "adapter":
+        console.print(f"adapter written to {merged} in {elapsed:.0f} s")
+    else:
+        console.print(f"merged model written to {merged} in {elapsed:.0f} s; use it with --model {merged}")
 
 
 @train_app.command("sft")
@@ -1267,7 +1303,7 @@ def train_sft_command(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Override the step cap (-1: all epochs)"),
     verbose: bool = typer.Option(True, "--verbose/--quiet", "-v", help="Log the trainer's loss and progress"),
 ) -> None:
-    """Supervised fine-tuning (behaviour cloning + generator SFT); writes <output_dir>/merged."""
+    """Supervised fine-tuning (behaviour cloning + generator SFT); writes <output_dir>/adapter and/or merged."""
     from dynamicrag.train.sft import load_sft_config, train_sft
 
     _train(load_sft_config, train_sft, config, train_file, output_dir, model, max_steps, verbose)
@@ -1282,10 +1318,47 @@ def train_dpo_command(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Override the step cap (-1: all epochs)"),
     verbose: bool = typer.Option(True, "--verbose/--quiet", "-v", help="Log the trainer's loss and progress"),
 ) -> None:
-    """DPO from generator feedback (preference pairs); writes <output_dir>/merged."""
+    """DPO from generator feedback (preference pairs); writes <output_dir>/adapter and/or merged."""
     from dynamicrag.train.dpo import load_dpo_config, train_dpo
 
     _train(load_dpo_config, train_dpo, config, train_file, output_dir, model, max_steps, verbose)
+
+
+@train_app.command("recipe")
+def train_recipe_command(
+    config: Path = typer.Option(..., "--config", help="Recipe config (.yaml or .toml), e.g. src/dynamicrag/train/configs/recipe_smollm2.yaml"),
+    out: Path = typer.Option(..., "--out", help="Run folder: every stage's output, stages.json (wall times), adapter/ (with manifest.json)"),
+    data: Optional[Path] = typer.Option(None, "--data", help="The shared data folder (overrides the config's data)"),
+    stop_after: Optional[str] = typer.Option(None, "--stop-after", help="Last stage to run: index | label | prepare | sft | sample | reward | pairs | dpo | eval | adapter"),
+    verbose: bool = typer.Option(True, "--verbose/--quiet", "-v", help="Log each stage and the trainers' progress"),
+) -> None:
+    """The whole recipe of the shipped adapter: label -> prepare -> SFT -> sample -> reward -> pairs -> DPO -> eval.
+
+    Resumable: a complete stage is skipped, a partial one resumes (trainers from their last checkpoint).
+    """
+    import shlex
+
+    _setup_logging(verbose)
+    from dynamicrag.data import DataError
+    from dynamicrag.train.recipe import load_recipe_config, run_recipe
+
+    command = shlex.join(["dynamicrag", "train", "recipe", "--config", str(config), "--out", str(out),
+                          *(["--data", str(data)] if data else [])])
+    try:
+        recipe = load_recipe_config(config, data=data and str(data))
+        adapter = run_recipe(recipe, out, command=command, stop_after=stop_after)
+    except (DataError, FileNotFoundError, ValueError, FloatingPointError) as err:
+        _fail(str(err))
+    stages = json.loads((out / "stages.json").read_text("utf-8"))
+    table = Table(title=f"recipe: {out}")
+    for col in ("stage", "state", "runs", "wall minutes"):
+        table.add_column(col, justify="right")
+    for name, entry in stages.items():
+        table.add_row(name, entry["state"], str(entry["runs"]), f"{entry['seconds'] / 60:.1f}")
+    _print_table(table)
+    if adapter is not None:
+        console.print(f"adapter written to {adapter} (manifest: {adapter / 'manifest.json'})")
+
 
 if __name__ == "__main__":
     app()

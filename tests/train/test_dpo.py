@@ -150,3 +150,78 @@ def test_dpo_steps_raise_the_preference_margin_and_the_merged_model_serves(train
     [[out]] = llm.generate([PAIRS[0]["prompt"]], SamplingParams(max_new_tokens=4))
     assert out.completion_tokens >= 1
 
+
+
+def test_roles_filter_pairs_and_an_adapter_needs_lora(tmp_path):
+    rows = [{**PAIRS[0], "role": "reranker"}, {**PAIRS[1], "role": "generator"}]
+    path = write_jsonl(tmp_path / "roles.jsonl", rows)
+    assert [r["chosen"][0]["content"] for r in load_dpo_records(path, ["reranker"])] == ["[2]"]
+    assert len(load_dpo_records(path)) == 2
+    with pytest.raises(ValueError, match="adapter: continuing"):
+        baby_config(tmp_path, adapter=str(tmp_path), lora=False)
+    with pytest.raises(ValueError, match="adapter_config.json"):
+        baby_config(tmp_path, adapter=str(tmp_path))
+
+
+@pytest.fixture(scope="module")
+def sft_adapter(tmp_path_factory):
+    """A LoRA adapter from 2 SFT steps on the preferred answers, far from the base model."""
+    from dynamicrag.train.sft import SFTRunConfig, train_sft
+
+    tmp = tmp_path_factory.mktemp("sft_for_dpo")
+    rows = [{"role": "reranker", "messages": [*p["prompt"], *p["rejected"]]} for p in PAIRS]
+    config = SFTRunConfig(
+        train_file=str(write_jsonl(tmp / "sft.jsonl", rows)), output_dir=str(tmp / "sft"), lora_r=8, lora_alpha=16,
+        learning_rate=1e-2, max_steps=2, per_device_train_batch_size=2, gradient_accumulation_steps=1,
+        max_length=256, warmup_ratio=0.0, logging_steps=1, save_steps=2, save="adapter",
+    )
+    return train_sft(config)
+
+
+@pytest.mark.slow
+def test_dpo_continues_the_sft_adapter_against_the_sft_model_and_resumes(sft_adapter, tmp_path, smollm, caplog):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from dynamicrag.llm.models import resolve_model
+    from dynamicrag.train.dpo import train_dpo
+
+    # The SFT adapter moved the model: against the base model as reference, the first DPO
+    # loss would not be log 2.
+    base = AutoModelForCausalLM.from_pretrained(resolve_model(None)).eval()
+    sft_model = PeftModel.from_pretrained(base, str(sft_adapter)).eval()
+    sft_margins = margins(sft_model, smollm.tokenizer)
+    base_margins = margins(smollm.lm, smollm.tokenizer)
+    assert max(abs(a - b) for a, b in zip(sft_margins, base_margins)) > 0.5
+
+    config = baby_config(tmp_path, adapter=str(sft_adapter), max_steps=1, save_steps=1, learning_rate=5e-3,
+                         save="adapter")
+    with caplog.at_level("INFO", logger="dynamicrag.train.sft"):
+        out = train_dpo(config)
+    assert "Resuming" not in caplog.text
+    state = json.loads((Path(config.output_dir) / "checkpoints" / "trainer_state.json").read_text())
+    [first] = [e for e in state["log_history"] if "loss" in e]
+    # Step 1: the policy (base + SFT adapter) equals the reference, so the reference is the SFT model.
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-3)
+
+    # Rerun with more steps: it resumes from checkpoint-1 instead of starting over.
+    caplog.clear()
+    config = baby_config(tmp_path, adapter=str(sft_adapter), max_steps=3, save_steps=1, learning_rate=5e-3,
+                         save="adapter")
+    with caplog.at_level("INFO", logger="dynamicrag.train.sft"):
+        out = train_dpo(config)
+    assert "Resuming from" in caplog.text and "checkpoint-1" in caplog.text
+    state = json.loads((Path(config.output_dir) / "checkpoints" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3
+    losses = [e["loss"] for e in state["log_history"] if "loss" in e]
+    assert len(losses) == 3 and losses[-1] < math.log(2)  # the resumed steps kept learning
+
+    # The result is the continued adapter alone (no "ref" copy), and it moved towards the chosen side.
+    assert out == Path(config.output_dir) / "adapter" and not (out / "ref").exists()
+    assert set(load_file(str(out / "adapter_model.safetensors"))) == set(
+        load_file(str(sft_adapter / "adapter_model.safetensors")))
+    base = AutoModelForCausalLM.from_pretrained(resolve_model(None)).eval()
+    dpo_model = PeftModel.from_pretrained(base, str(out)).eval()
+    after = margins(dpo_model, smollm.tokenizer)
+    assert all(a > b for a, b in zip(after, sft_margins)), (sft_margins, after)

@@ -201,3 +201,35 @@ def test_writers_refuse_malformed_pairs(tmp_path):
         write_llamafactory_pairs([{"id": "a", "prompt": [{"role": "user", "content": "q"}],
                                    "chosen": [{"role": "assistant", "content": "x"}],
                                    "rejected": [{"role": "assistant", "content": "y"}]}], tmp_path)
+
+
+def test_pairs_stats_report_ties_and_the_share_of_none_chosen(tmp_path):
+    records = [
+        # chosen None (length term wins), and another list (ids [2]) tied with it at the top
+        record([sample([], "no idea", 0.5), sample([2], "Lyon", 0.5), sample([1, 3], "Lyon", 0.1)], rid="a"),
+        # chosen [1] over None: a longer chosen list
+        record([sample([1], "Paris", 0.8, em=1.0), sample([], "Lyon", 0.3)], rid="b"),
+        # every sample scored the same: skipped as a tie
+        record([sample([1], "Lyon", 0.4), sample([2], "Nice", 0.4)], rid="c"),
+        # chosen None, shorter than the rejected list; no tie at the top
+        record([sample([3, 4], "Lyon", 0.2), sample([], "Paris", 0.9, em=1.0)], rid="d"),
+    ]
+    stats = export_pairs(records, tmp_path / "pairs")
+    assert stats["reranker_pairs"] == 3 and stats["reranker_skipped"] == {"tie": 1}
+    assert stats["best_ties"] == 1
+    assert stats["chosen_none"] == 2 and stats["chosen_none_share"] == pytest.approx(2 / 3)
+    assert stats["rejected_none"] == 1
+    assert (stats["chosen_shorter"], stats["chosen_longer"], stats["same_length"]) == (2, 1, 0)
+    written = json.loads((tmp_path / "pairs" / "pairs_stats.json").read_text())
+    assert written["chosen_none_share"] == pytest.approx(2 / 3) and written["best_ties"] == 1
+    pairs = [json.loads(line) for line in (tmp_path / "pairs" / "dpo.jsonl").read_text().splitlines()]
+    assert [p["best_tied"] for p in pairs if p["role"] == "reranker"] == [True, False, False]
+
+
+def test_reranker_pairs_rebuild_the_prompt_with_the_sampled_word_cap():
+    long = [Passage(id=f"p{i}", title=f"T{i}", text=" ".join(f"w{j}" for j in range(50))) for i in range(2)]
+    rec = {**record([sample([1], "Paris", 0.9), sample([2], "Lyon", 0.1)]), "passages": [p.model_dump() for p in long],
+           "passage_words": 5}
+    [pair], _ = build_reranker_pairs([rec], STYLE)
+    assert pair["prompt"] == reranker_chat(STYLE, "What is the capital of France?", long, 5)
+    assert "w4" in pair["prompt"][1]["content"] and "w5" not in pair["prompt"][1]["content"]

@@ -174,7 +174,7 @@ def test_score_samples_adds_rewards_without_touching_the_input():
     # an unusable output (error, or a blank answer) scores 0 everywhere: the lowest total
     for reward in (failed, blank):
         assert reward == {"total": 0.0, "em": 0.0, "semantic": 0.0, "rouge_l": 0.0, "length": 0.0,
-                          "judge": None, "judge_error": None}
+                          "match": 0.0, "judge": None, "judge_error": None}
     assert right["total"] > wrong["total"] > failed["total"]
     assert scored[1]["samples"][0]["reward"] is None  # no gold answer: no reward
     assert scored[0]["reward_meta"]["semantic"] == "exact-test"
@@ -234,3 +234,53 @@ def test_minilm_similarity_ranks_paraphrases_above_unrelated_answers(minilm):
                              semantic_scorer=minilm)
     assert scored["samples"][0]["reward"]["semantic"] == pytest.approx(1.0, abs=1e-5)
     assert scored["reward_meta"]["semantic"] == "minilm:all-MiniLM-L6-v2 cosine"
+
+
+def test_match_part_counts_a_gold_answer_inside_the_answer_with_its_own_weight():
+    from dynamicrag.train.reward import RewardConfig
+
+    # A sentence around the gold answer: match 1, while the paper's parts barely move.
+    right = reward_parts("The capital of France is Paris.", ["Paris", "City of Light"], 1, semantic_scorer=EXACT)
+    wrong = reward_parts("The capital of France is Lyon.", ["Paris", "City of Light"], 1, semantic_scorer=EXACT)
+    assert right["match"] == 1.0 and wrong["match"] == 0.0  # max over the gold answers, not a mean
+    assert right["em"] == 0.5  # em averages over the two gold answers
+    # The answer inside the gold answer is not a match (em's other direction is).
+    assert reward_parts("Paris", ["Paris, France"], 0, semantic_scorer=EXACT)["match"] == 0.0
+    # Weight 0 by default: the total is the paper's; with a weight, match moves the total.
+    assert right["total"] == pytest.approx((0.5 + 0 + right["rouge_l"] + 0.5) / 4)
+    config = RewardConfig(match_weight=0.6, em_weight=0.1, semantic_weight=0.1, rouge_l_weight=0.1, length_weight=0.1)
+    weighted = reward_parts("The capital of France is Paris.", ["Paris"], 1, config=config, semantic_scorer=EXACT)
+    unweighted = reward_parts("The capital of France is Lyon.", ["Paris"], 1, config=config, semantic_scorer=EXACT)
+    assert weighted["total"] - unweighted["total"] > 0.6  # match alone separates them by its weight
+    # A config whose only weight is match is valid; one with all weights 0 is not.
+    only = RewardConfig(em_weight=0, semantic_weight=0, rouge_l_weight=0, length_weight=0, judge_weight=0,
+                        match_weight=1.0)
+    assert reward_parts("It is Paris", ["Paris"], 3, config=only, semantic_scorer=EXACT)["total"] == 1.0
+    with pytest.raises(ValueError, match="match weights are all 0"):
+        RewardConfig(em_weight=0, semantic_weight=0, rouge_l_weight=0, length_weight=0)
+
+
+def test_reweighting_stored_parts_changes_which_list_wins_without_a_model():
+    from dynamicrag.train.pairs import build_reranker_pairs
+    from dynamicrag.train.reward import RewardConfig, reweight_samples
+
+    passages = [{"id": f"p{i}", "title": f"T{i}", "text": "x"} for i in (1, 2)]
+    # Three gold answers: the paper's parts average over them, so a right sentence scores little.
+    record = {"id": "q", "question": "capital of France?", "answers": ["Paris", "City of Light", "Lutetia"],
+              "task": "nq", "passages": passages, "prompt_style": "default", "samples": [
+                  {"ids": [], "raw": "None", "well_formed": True, "error": None, "answer": "I do not know"},
+                  {"ids": [1, 2], "raw": "[1], [2]", "well_formed": True, "error": None,
+                   "answer": "The capital city is Paris."},
+                  {"ids": [2], "raw": "[2]", "well_formed": False, "error": "unusable", "answer": None}]}
+    paper = score_samples([record], semantic_scorer=EXACT)
+    [pair], _ = build_reranker_pairs(paper)
+    assert pair["chosen_ids"] == []  # the paper's weights: the length term makes None win
+    config = RewardConfig(length_weight=0.05, match_weight=0.4)
+    [again] = reweight_samples(paper, config)
+    [pair], _ = build_reranker_pairs([again])
+    assert pair["chosen_ids"] == [1, 2]  # match decides once the length term weighs little
+    rescored = score_samples([record], config, semantic_scorer=EXACT)[0]
+    assert [s["reward"]["total"] for s in again["samples"]] == pytest.approx(
+        [s["reward"]["total"] for s in rescored["samples"]])  # the same as scoring again
+    assert again["samples"][2]["reward"]["total"] == 0.0 and again["reward_meta"]["weights"]["match"] == 0.4
+    assert paper[0]["samples"][1]["reward"]["total"] != again["samples"][1]["reward"]["total"]  # input untouched

@@ -56,10 +56,12 @@ def test_records_keep_every_sample_dedupe_answers_and_keep_malformed_outputs():
 
     # The record is the example (passages cut to the top_n shown) plus prompt_style and samples.
     first = records[0]
-    assert set(first) == {"id", "question", "answers", "task", "passages", "extra", "prompt_style", "samples"}
+    assert set(first) == {"id", "question", "answers", "task", "passages", "extra", "prompt_style", "passage_words",
+                          "samples"}
+    assert first["passage_words"] is None  # no word cap unless one is set
     assert first["id"] == "q0" and first["extra"] == {"source": "unit"} and first["prompt_style"] == "default"
     assert [p["id"] for p in first["passages"]] == ["0-1", "0-2", "0-3"]
-    assert Example.model_validate({k: first[k] for k in first if k not in ("prompt_style", "samples")})
+    assert Example.model_validate({k: first[k] for k in first if k not in ("prompt_style", "passage_words", "samples")})
     json.dumps(records)  # plain JSON
 
     samples = first["samples"]
@@ -125,3 +127,21 @@ def test_real_model_samples_differ_above_zero_temperature_and_agree_at_zero(smol
 
     [greedy] = sample_trajectories(small_examples()[:1], smollm, "default", SampleConfig(n=3, temperature=0.0, **small))
     assert len({(tuple(s["ids"]), s["raw"], s["answer"]) for s in greedy["samples"]}) == 1
+
+
+def test_a_separate_generator_answers_and_the_word_cap_reaches_the_reranker_prompt():
+    from fakes import ScriptedBackend
+
+    long = example(0).model_copy(update={"passages": [
+        Passage(id=f"p{p}", title=f"t{p}", text=" ".join(f"w{j}" for j in range(40))) for p in (1, 2)]})
+    reranker = SampledBackend({"question 0": ["[2]", "[1], [2]"]})
+    generator = ScriptedBackend()
+    [record] = sample_trajectories([long], reranker, "default", SampleConfig(n=2, passage_words=3), generator)
+    prompt = reranker.calls[0][-1]["content"]
+    assert "w0 w1 w2" in prompt and "w3" not in prompt  # three words per passage
+    assert record["passage_words"] == 3
+    # The reranker model wrote no answer: both distinct lists went to the generator.
+    assert len(reranker.calls) == 1 and len(generator.calls) == 2
+    assert [s["answer"] for s in record["samples"]] == ["t2", "t1|t2"]
+    with pytest.raises(ValueError, match="passage_words"):
+        SampleConfig(passage_words=0)

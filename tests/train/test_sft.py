@@ -141,3 +141,62 @@ def test_rerun_resumes_from_the_last_checkpoint(trained, caplog):
     assert "Resuming from" in caplog.text and "checkpoint-3" in caplog.text
     state = json.loads((Path(config.output_dir) / "checkpoints" / "trainer_state.json").read_text())
     assert state["global_step"] == 4
+
+
+def test_roles_select_the_records_and_bad_roles_are_named(tmp_path):
+    path = write_jsonl(tmp_path / "mix.jsonl", RECORDS)
+    only_gen = load_sft_records(path, ["generator"])
+    assert [r["completion"][0]["content"] for r in only_gen] == ["Paris", "William Shakespeare"]
+    assert len(load_sft_records(path, ["reranker", "generator"])) == 4 == len(load_sft_records(path))
+    assert baby_config(tmp_path, roles="reranker").roles == ["reranker"]  # one name is a list of one
+    with pytest.raises(ValueError, match="roles"):
+        baby_config(tmp_path, roles=["critic"])
+    with pytest.raises(ValueError, match="save"):
+        baby_config(tmp_path, save="everything")
+    with pytest.raises(ValueError, match="needs lora"):
+        baby_config(tmp_path, save="adapter", lora=False)
+    no_role = [RECORDS[0], {"messages": RECORDS[2]["messages"]}]
+    with pytest.raises(ValueError, match=r"norole\.jsonl:2: 'role' must be one of"):
+        load_sft_records(write_jsonl(tmp_path / "norole.jsonl", no_role), ["reranker"])
+    with pytest.raises(ValueError, match="no training rows of roles"):
+        load_sft_records(write_jsonl(tmp_path / "rr.jsonl", RECORDS[:2]), ["generator"])
+
+
+@pytest.mark.slow
+def test_the_saved_adapter_on_the_base_model_is_the_merged_model(trained):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from dynamicrag.llm.models import resolve_model
+
+    config, merged = trained
+    adapter = Path(config.output_dir) / "adapter"
+    meta = json.loads((adapter / "adapter_config.json").read_text())
+    assert meta["base_model_name_or_path"] == "smollm2-135m-instruct"  # no machine-local path: it can ship
+    from safetensors.torch import load_file
+
+    weights = load_file(str(adapter / "adapter_model.safetensors"))
+    assert weights and all("lora_A" in k or "lora_B" in k for k in weights)  # LoRA only: no base weights
+    assert (adapter / "adapter_model.safetensors").stat().st_size < 12_000_000  # r 8, all-linear, fp32: ~10 MB
+    base = AutoModelForCausalLM.from_pretrained(resolve_model(None))
+    with_adapter = PeftModel.from_pretrained(base, str(adapter)).eval()
+    plain = AutoModelForCausalLM.from_pretrained(merged).eval()
+    ids = torch.tensor([[1, 504, 3458, 314, 4649, 47, 216, 28]])
+    with torch.inference_mode():
+        a, b = with_adapter(ids).logits, plain(ids).logits
+        with with_adapter.disable_adapter():
+            untrained = with_adapter(ids).logits
+    assert torch.allclose(a, b, atol=1e-3)
+    assert not torch.allclose(a, untrained, atol=1e-3)  # the adapter changed something
+
+
+@pytest.mark.slow
+def test_adapter_only_run_on_one_role(tmp_path):
+    from dynamicrag.train.sft import build_sft_trainer, train_sft
+
+    config = baby_config(tmp_path, roles=["generator"], save="adapter", max_steps=1)
+    assert len(build_sft_trainer(config).train_dataset) == 2  # the two generator rows
+    out = train_sft(config)
+    assert out == Path(config.output_dir) / "adapter" and (out / "adapter_config.json").exists()
+    assert not (Path(config.output_dir) / "merged").exists()

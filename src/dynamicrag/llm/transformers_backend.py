@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -348,6 +349,35 @@ class TransformersBackend:
         cache.batch_repeat_interleave(n)  # row i -> rows i*n .. i*n+n-1, as generate orders them
         return cache
 
+    def loglikelihood(
+        self, chats: Sequence[Chat], continuations: Sequence[str], *, batch_size: int | None = None,
+        groups: Sequence[Hashable] | None = None, stats: dict[str, int] | None = None,
+    ) -> list[float]:
+        """Teacher-forced log-likelihood of each continuation as the start of the assistant's reply.
+
+        No decoding: one forward pass per batch (see :func:`continuation_loglikelihood`).
+
+        Args:
+            chats: Chat prompts (the chat template's assistant header is appended).
+            continuations: One text per chat, scored as the first tokens of the reply.
+            batch_size: Sequences per forward pass (default: the backend's ``batch_size``).
+            groups: A key per chat: chats with the same key (one question's prompts) share the
+                encoding of their common prefix. None: no sharing.
+            stats: If given, the forward passes and tokens run are added to it.
+
+        Returns:
+            ``sum_t log p(c_t | chat, c_<t)`` in nats per chat, in input order.
+        """
+        if len(chats) != len(continuations):
+            raise ValueError(f"{len(chats)} chats but {len(continuations)} continuations")
+        prompts = [self.encode(chat) for chat in chats]
+        conts = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
+        with self._lock, adapter_active(self.lm, self.adapter_name):  # this backend's adapter (or none)
+            return continuation_loglikelihood(
+                self.lm, prompts, conts, pad_id=self.pad_id, batch_size=batch_size or self.batch_size,
+                groups=groups, stats=stats,
+            )
+
     def _completion(self, new: list[int], prompt_tokens: int, params: SamplingParams) -> Completion:
         stops = set(self.eos_ids) | {self.pad_id}
         end = next((k for k, t in enumerate(new) if t in stops), None)
@@ -364,3 +394,120 @@ class TransformersBackend:
             completion_tokens=len(tokens) + (1 if ended else 0),
             finish_reason=finish,
         )
+
+
+# ---------------------------------------------------------------- teacher-forced scoring
+
+
+def continuation_loglikelihood(
+    lm: Any,
+    prompts: Sequence[list[int]],
+    continuations: Sequence[list[int]],
+    *,
+    pad_id: int,
+    batch_size: int = 8,
+    groups: Sequence[Hashable] | None = None,
+    stats: dict[str, int] | None = None,
+) -> list[float]:
+    """Sum of the log-probabilities of each continuation's tokens after its prompt.
+
+    Sequences are batched by length (less padding). With ``groups``, a batch holds sequences
+    of one group only (e.g. one question's prompts, which share the system prompt, task line
+    and query): the longest prefix common to the batch is encoded once and its KV cache
+    repeated for every row. Each row's rest follows, left-padded, so every continuation ends
+    in the last column and only the last ``max continuation + 1`` positions go through the
+    vocabulary projection (``logits_to_keep``). Written here rather than taken from a library
+    because the scoring must run on the backend's own loaded model and chat template
+    (lm-eval-harness would load its own copy and shares no prefix).
+
+    Args:
+        lm: A causal LM (in eval mode).
+        prompts: Token ids of each prompt.
+        continuations: Token ids of each continuation (at least one token each).
+        pad_id: Padding token id.
+        batch_size: Sequences per forward pass.
+        groups: A key per sequence; sequences with the same key may share a prefix cache.
+            None: no sharing.
+        stats: If given, ``forward_passes`` and ``tokens`` (tokens run through the model,
+            after prefix sharing, padding not counted) are added to it.
+
+    Returns:
+        One log-likelihood in nats per pair, in input order.
+
+    Raises:
+        ValueError: An empty prompt or continuation, or lengths that differ.
+    """
+    if len(prompts) != len(continuations) or (groups is not None and len(groups) != len(prompts)):
+        raise ValueError(f"{len(prompts)} prompts, {len(continuations)} continuations and groups of another length")
+    if any(not c for c in continuations) or any(not p for p in prompts):
+        raise ValueError("every prompt and continuation needs at least one token")
+    seqs = [list(p) + list(c) for p, c in zip(prompts, continuations)]
+    by_group: dict[Hashable, list[int]] = {}
+    for i in range(len(seqs)):
+        by_group.setdefault(groups[i] if groups is not None else None, []).append(i)
+    chunks = []
+    for members in by_group.values():
+        members.sort(key=lambda i: len(seqs[i]))
+        chunks += [members[k:k + batch_size] for k in range(0, len(members), batch_size)]
+    stats = stats if stats is not None else {}
+    out = [0.0] * len(seqs)
+    with torch.inference_mode():
+        for chunk in chunks:
+            shared = 0
+            if groups is not None:
+                # Every row keeps at least its last prompt token: its logits predict the first answer token.
+                shared = min(_common_prefix([seqs[i] for i in chunk]), min(len(prompts[i]) for i in chunk) - 1)
+            cache = _prefix_cache(lm, seqs[chunk[0]][:shared]) if shared else None
+            rows = [seqs[i][shared:] for i in chunk]
+            keep = max(len(continuations[i]) for i in chunk) + 1
+            token_logps = _suffix_logps(lm, rows, keep, pad_id, cache, shared)
+            stats["forward_passes"] = stats.get("forward_passes", 0) + 1 + bool(shared)
+            stats["tokens"] = stats.get("tokens", 0) + shared + sum(map(len, rows))
+            for row, i in enumerate(chunk):
+                out[i] = float(token_logps[row, keep - 1 - len(continuations[i]):].sum())
+    return out
+
+
+def _common_prefix(seqs: Sequence[list[int]]) -> int:
+    first, n = seqs[0], min(map(len, seqs))
+    return next((k for k in range(n) if any(s[k] != first[k] for s in seqs)), n)
+
+
+def _prefix_cache(lm: Any, prefix: list[int]) -> Any:
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=lm.config)
+    ids = torch.tensor([prefix], device=next(lm.parameters()).device)
+    lm(input_ids=ids, use_cache=True, logits_to_keep=1, **{_cache_kwarg(lm): cache})
+    return cache
+
+
+def _cache_kwarg(lm: Any) -> str:
+    """The forward's name for the KV cache: ``cache`` from transformers 5.x on, ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+
+
+def _suffix_logps(lm: Any, rows: list[list[int]], keep: int, pad_id: int, cache: Any, shared: int) -> torch.Tensor:
+    """Log-probabilities of each row's last ``keep - 1`` tokens, given a shared prefix's cache.
+
+    Rows are left-padded after the prefix (padding in the middle, masked out; positions
+    continue from the prefix), so they all end in the last column.
+    """
+    device = next(lm.parameters()).device
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        ids[r, width - len(row):] = torch.tensor(row)
+        mask[r, width - len(row):] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    positions = shared + (mask.cumsum(-1) - 1).clamp(min=0)
+    kwargs: dict[str, Any] = {}
+    if cache is not None:
+        past = cache
+        past.batch_repeat_interleave(len(rows))  # one copy of the prefix per row
+        mask = torch.cat([torch.ones((len(rows), shared), dtype=torch.long, device=device), mask], dim=1)
+        kwargs.update({_cache_kwarg(lm): past, "use_cache": True})
+    logits = lm(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep, **kwargs).logits
+    logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # position t predicts t + 1
+    return logps.gather(-1, ids[:, width - keep + 1:, None])[..., 0]  # (rows, keep - 1)

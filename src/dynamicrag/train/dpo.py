@@ -10,9 +10,17 @@ The training file holds TRL conversational preference rows, one pair per line::
 gold answer against a wrong sampled answer; arXiv 2505.07233 section 3.3). Other keys (``id``,
 ``role``, rewards) are ignored.
 
-The policy starts from the SFT model. With LoRA (the default here) the reference model is the
-same network with its adapters switched off, i.e. the SFT model itself, so no second copy is
-held in memory; ``ref_model`` names another reference explicitly. The loss is TRL's: for the
+The policy starts from the SFT model, in one of two ways:
+
+- ``adapter`` (the recipe's way): the base ``model`` plus the SFT run's LoRA adapter, loaded
+  trainable, so DPO continues that adapter and the result is again one small adapter on the
+  base model. The reference is the SFT model: trl's ``DPOTrainer`` (1.16) copies the starting
+  adapter into a frozen adapter named ``ref`` and computes the reference log-probabilities
+  with it switched on, so no second copy of the base weights is held in memory.
+- ``model`` = the SFT run's merged folder, and a new LoRA adapter on top (``lora``); the
+  reference is the same network with the adapter switched off, i.e. the SFT model.
+
+``ref_model`` names another reference explicitly (a frozen copy, loaded from that path). The loss is TRL's: for the
 paper's ``sigmoid`` loss, ``-log σ(β [(log π(y_w|x) - log π_ref(y_w|x)) - (log π(y_l|x) -
 log π_ref(y_l|x))])`` (Eq. 7 of arXiv 2305.18290), summed log-probabilities over the
 completion tokens only.
@@ -41,13 +49,16 @@ from typing import Any
 
 from dynamicrag.train.sft import (
     _SCHEDULERS,
+    TRAINED_ROLES,
     check_messages,
+    check_roles_and_save,
     check_training_fields,
     iter_jsonl,
     lora_config,
     load_trainable,
     read_run_config,
-    train_and_merge,
+    role_kept,
+    train_and_save,
 )
 
 logger = logging.getLogger(__name__)
@@ -81,9 +92,15 @@ class DPORunConfig:
         default=None,
         metadata={"help": "Starting policy, normally the SFT run's merged folder (or a hub id, .gguf); null = bundled SmolLM2."},
     )
+    adapter: str | None = field(
+        default=None,
+        metadata={"help": "SFT LoRA adapter folder to continue (policy = model + adapter, trainable; reference = the "
+                  "same adapter, frozen); the lora_* fields are then the adapter's own. null: a new adapter on model."},
+    )
     ref_model: str | None = field(
         default=None,
-        metadata={"help": "Reference model; null = the starting policy (LoRA: adapters off, no second copy in memory)."},
+        metadata={"help": "Reference model; null = the starting policy (LoRA: the starting adapter frozen, or adapters "
+                  "off; no second copy of the base in memory)."},
     )
     beta: float = field(
         default=0.1, metadata={"help": "DPO beta: how far the policy may move from the reference (paper: 0.1)."}
@@ -136,6 +153,14 @@ class DPORunConfig:
         default=False,
         metadata={"help": "Recompute activations in the backward pass: less memory, ~30% more compute (for long cutoffs)."},
     )
+    roles: list[str] = field(
+        default_factory=lambda: list(TRAINED_ROLES),
+        metadata={"help": "Pairs trained on, by their 'role': [reranker] | [generator] | [reranker, generator] (the paper)."},
+    )
+    save: str = field(
+        default="both",
+        metadata={"help": "What a LoRA run writes: adapter (<output_dir>/adapter) | merged (<output_dir>/merged) | both."},
+    )
     dpo_args: dict[str, Any] = field(
         default_factory=dict,
         metadata={"help": "Extra trl.DPOConfig fields passed through unchanged (e.g. {precompute_ref_log_probs: true})."},
@@ -147,6 +172,12 @@ class DPORunConfig:
         if not self.output_dir:
             raise ValueError("output_dir: required")
         check_training_fields(self)
+        self.roles = check_roles_and_save(self)
+        if self.adapter is not None:
+            if not self.lora:
+                raise ValueError("adapter: continuing a LoRA adapter needs lora: true")
+            if not (Path(self.adapter) / "adapter_config.json").is_file():
+                raise ValueError(f"adapter: {self.adapter} holds no adapter_config.json (an SFT run's <output_dir>/adapter)")
         if isinstance(self.beta, bool) or not isinstance(self.beta, (int, float)) or not self.beta > 0:
             raise ValueError(f"beta: must be a positive number, got {self.beta!r}")
         if self.loss_type not in LOSS_TYPES:
@@ -171,6 +202,11 @@ class DPORunConfig:
         """Where the merged model, tokenizer and chat template are written."""
         return Path(self.output_dir) / "merged"
 
+    @property
+    def adapter_dir(self) -> Path:
+        """Where the LoRA adapter is written."""
+        return Path(self.output_dir) / "adapter"
+
 
 def load_dpo_config(path: str | os.PathLike, **overrides: Any) -> DPORunConfig:
     """Read a :class:`DPORunConfig` from a YAML or TOML file.
@@ -191,12 +227,15 @@ def load_dpo_config(path: str | os.PathLike, **overrides: Any) -> DPORunConfig:
     return read_run_config(DPORunConfig, path, overrides, what="DPO")
 
 
-def load_dpo_records(path: str | os.PathLike) -> list[dict[str, list[dict[str, str]]]]:
+def load_dpo_records(
+    path: str | os.PathLike, roles: list[str] | None = None
+) -> list[dict[str, list[dict[str, str]]]]:
     """Read TRL conversational preference rows.
 
     Args:
         path: JSONL (or ``.jsonl.gz``) file; each line holds ``prompt`` (messages ending with a
             user turn), ``chosen`` and ``rejected`` (one assistant message each).
+        roles: Keep only pairs whose ``role`` is one of these (None: every pair).
 
     Returns:
         ``[{"prompt": [...], "chosen": [...], "rejected": [...]}, ...]`` in file order, with
@@ -226,9 +265,10 @@ def load_dpo_records(path: str | os.PathLike) -> list[dict[str, list[dict[str, s
             pair[key] = completion
         if pair["chosen"] == pair["rejected"]:
             raise ValueError(f"{where}: chosen and rejected are identical (no preference to learn)")
-        records.append(pair)
+        if role_kept(where, row, roles):
+            records.append(pair)
     if not records:
-        raise ValueError(f"{path}: no preference pairs")
+        raise ValueError(f"{path}: no preference pairs" + (f" of roles {roles}" if roles else ""))
     return records
 
 
@@ -248,7 +288,7 @@ def build_dpo_trainer(config: DPORunConfig) -> Any:
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    records = load_dpo_records(config.train_file)
+    records = load_dpo_records(config.train_file, config.roles)
     # The arguments come before the models, as in build_sft_trainer: under ZeRO-3 they make
     # from_pretrained build the models sharded instead of a full copy in every process.
     args = DPOConfig(
@@ -274,20 +314,33 @@ def build_dpo_trainer(config: DPORunConfig) -> Any:
         **{"dataloader_pin_memory": torch.cuda.is_available(), **config.dpo_args},  # pinning needs a GPU
     )
     model, tokenizer = load_trainable(config.model)
+    peft_config = lora_config(config)
+    if config.adapter is not None:
+        from peft import PeftModel
+
+        # The SFT adapter, trainable: DPOTrainer then copies it into a frozen "ref" adapter
+        # (the reference = the SFT model) instead of adding a new one.
+        model = PeftModel.from_pretrained(model, config.adapter, is_trainable=True)
+        # The shipped name of the base (an alias) means nothing to peft, which would look it
+        # up on the hub when saving: point it at the loaded base. save_adapter restores the alias.
+        model.peft_config["default"].base_model_name_or_path = model.get_base_model().name_or_path
+        peft_config = None
     ref_model = None
     if config.ref_model is not None:
         ref_model, _ = load_trainable(config.ref_model)
         ref_model.eval().requires_grad_(False)
-    logger.info("DPO on %d pairs of %s from %s (%s, reference: %s)", len(records), config.train_file,
-                model.name_or_path, "LoRA" if config.lora else "full fine-tuning",
-                ref_model.name_or_path if ref_model is not None else "the starting model")
+    logger.info("DPO on %d pairs (roles %s) of %s from %s%s (%s, reference: %s)", len(records), config.roles,
+                config.train_file, config.model or "the bundled model",
+                f" + adapter {config.adapter}" if config.adapter else "",
+                "LoRA" if config.lora else "full fine-tuning",
+                config.ref_model or "the starting model")
     trainer = DPOTrainer(
         model=model,
         ref_model=ref_model,
         args=args,
         train_dataset=Dataset.from_list(records),
         processing_class=tokenizer,
-        peft_config=lora_config(config),
+        peft_config=peft_config,
     )
     _report_truncation(trainer.train_dataset, len(records), config)
     return trainer
@@ -316,7 +369,8 @@ def _report_truncation(dataset: Any, n_pairs: int, config: DPORunConfig) -> None
 
 
 def train_dpo(config: DPORunConfig) -> Path:
-    """Run DPO, then write the merged model to ``<output_dir>/merged``.
+    """Run DPO, then write the adapter (``<output_dir>/adapter``) and/or the merged model
+    (``<output_dir>/merged``), as ``config.save`` says.
 
     A rerun with the same ``output_dir`` resumes from the last checkpoint in
     ``<output_dir>/checkpoints`` (raise ``max_steps`` or the epochs to train further).
@@ -328,9 +382,10 @@ def train_dpo(config: DPORunConfig) -> Path:
 
     Returns:
         The merged checkpoint folder (model, tokenizer, chat template), loadable with
-        ``load_backend("transformers", model=str(path))``.
+        ``load_backend("transformers", model=str(path))``; the adapter folder when only the
+        adapter is saved.
 
     Raises:
         FloatingPointError: The training loss became NaN or infinite.
     """
-    return train_and_merge(build_dpo_trainer(config), config, "DPO")
+    return train_and_save(build_dpo_trainer(config), config, "DPO")

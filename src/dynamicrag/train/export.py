@@ -107,6 +107,7 @@ def prepare(
     max_generator_passages: int = 15,
     sft_fraction: float = 0.7,
     seed: int = 0,
+    passage_words: int | None = None,
 ) -> dict[str, Any]:
     """Split labelled examples into the SFT and DPO pools and write the SFT data.
 
@@ -123,6 +124,8 @@ def prepare(
         max_generator_passages: Most passages in a generator prompt.
         sft_fraction: Share of examples for SFT; the rest is the DPO pool.
         seed: Split seed.
+        passage_words: Words shown of each passage in the reranker prompts (None: all); use
+            the same cap in ``sample`` and at inference.
 
     Returns:
         The statistics written to ``prepare_stats.json``: example and record counts, None
@@ -131,7 +134,7 @@ def prepare(
     out_dir = Path(out_dir)
     style = load_style(style) if isinstance(style, str) else style
     sft, dpo = split_pools(labelled_examples, sft_fraction, seed)
-    records = build_sft_records(sft, style, max_k, max_generator_passages)
+    records = build_sft_records(sft, style, max_k, max_generator_passages, passage_words)
     write_trl_jsonl(records, out_dir / "sft.jsonl")
     atomic_write_text(out_dir / "dpo_pool.jsonl", jsonl_text([ex.model_dump(mode="json") for ex in dpo]))
     write_llamafactory(records, out_dir / "llamafactory", LLAMAFACTORY_NAME)
@@ -149,6 +152,7 @@ def prepare(
         "style": style.name,
         "max_k": max_k,
         "max_generator_passages": max_generator_passages,
+        "passage_words": passage_words,
         "sft_fraction": sft_fraction,
         "seed": seed,
     }

@@ -29,6 +29,15 @@ examples fall back to the teacher alone, and the rule actually applied is writte
 passage (needed, but not holding the answer) is dropped; use ``teacher`` or
 ``teacher_or_answer`` there if the reranker should learn to select bridges.
 
+The ``utility`` teacher (:mod:`dynamicrag.train.utility`) asks the generator itself: a
+passage's score is how much it raises the teacher-forced log-likelihood of a gold answer over
+no passage (nats), and the teacher's verdict is an ordered expert list (best first, stopping
+when the next passage no longer helps, ``None`` when no passage beats no passage), written to
+``Example.extra["expert"]`` (1-based positions) with its log-likelihoods and cost in
+``Example.extra["utility"]``. Its ``threshold`` is the margin in nats a passage must add, its
+``top_m`` the longest list, and its default rule ``teacher`` (the likelihood of the gold
+answer already knows where the answer is; a bridge paragraph that raises it is kept).
+
 The teacher's threshold: monoT5-style scorers return log P(true) against false, so
 ``log(0.5)`` reproduces the paper's generated word (``true`` wins). Cross-encoder scores are
 logits, so ``0.0`` is the same 50 % point. Cosine similarity (the offline default) is not
@@ -58,8 +67,15 @@ from pydantic import ValidationError
 
 from dynamicrag.data import DataError, read_jsonl
 from dynamicrag.evaluate.normalize import contains_answer, normalize_answer
-from dynamicrag.rerank.pointwise import SCORERS, Scorer
+from dynamicrag.rerank.pointwise import SCORERS, Scorer, make_scorer
 from dynamicrag.schema import Example, Passage
+from dynamicrag.train.utility import (
+    ANSWER_FORMS,
+    DEFAULT_MARGIN,
+    DEFAULT_TIE_MARGIN,
+    UtilityResult,
+    UtilityTeacher,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +108,12 @@ TEACHER_DEFAULTS: dict[str, TeacherDefaults] = {
     "causal": TeacherDefaults(math.log(0.5), 0),  # same yes/no score on a causal LM
     "cross-encoder": TeacherDefaults(0.0, 0),  # logit 0 = probability 0.5
     "embedding": TeacherDefaults(0.45, 3),  # uncalibrated cosine: a floor and a per-query cap
+    "utility": TeacherDefaults(DEFAULT_MARGIN, 5),  # nats a passage must add; at most 5 in a list
 }
 """Scorer kind (the part of ``LabelConfig.scorer`` before ``:``) -> default threshold, top_m."""
+
+TEACHER_KINDS = frozenset(SCORERS) | {"utility"}
+"""Teacher kinds of ``LabelConfig.scorer``: the pointwise scorers, and the generator's utility."""
 
 
 @dataclass
@@ -103,33 +123,53 @@ class LabelConfig:
     scorer: str = field(
         default="embedding",
         metadata={"help": "Teacher: embedding[:encoder] | monot5[:model] | cross-encoder[:model] | causal[:model] "
-                  "(the paper: monot5)"},
+                  "(the paper: monot5) | utility[:model] (the generator's likelihood of the gold answer)"},
     )
     top_n: int = field(
         default=10,
         metadata={"help": "Passages kept and labelled per example (the first top_n in retrieval order); "
                   "they are the candidates of the reranker's training prompt"},
     )
-    rule: LabelRule = field(
-        default=LabelRule.teacher_and_answer,
-        metadata={"help": "teacher_and_answer | teacher (the paper) | answer | teacher_or_answer; "
-                  "label tasks (fever) and examples without answers use the teacher alone"},
+    rule: LabelRule | None = field(
+        default=None,
+        metadata={"help": "teacher_and_answer | teacher (the paper) | answer | teacher_or_answer; default: "
+                  "teacher for utility, teacher_and_answer for the others; label tasks (fever) and examples "
+                  "without answers use the teacher alone"},
     )
     threshold: float | None = field(
         default=None,
         metadata={"help": "Teacher score above which a passage is relevant; default by scorer kind: "
-                  "monot5/causal log(0.5), cross-encoder 0.0, embedding 0.45"},
+                  "monot5/causal log(0.5), cross-encoder 0.0, embedding 0.45; utility: the nats a passage "
+                  f"must add to the gold answer's log-likelihood ({DEFAULT_MARGIN})"},
     )
     top_m: int | None = field(
         default=None,
         metadata={"help": "Only an example's top_m best-scored passages can be teacher-relevant "
-                  "(0: no cap); default by scorer kind: embedding 3, others 0"},
+                  "(0: no cap); default by scorer kind: embedding 3, utility 5 (the longest expert list), others 0"},
+    )
+    prompt_style: str = field(
+        default="default",
+        metadata={"help": "utility: prompt style of the generator prompt scored (the one used at inference)"},
+    )
+    tie_margin: float = field(
+        default=DEFAULT_TIE_MARGIN,
+        metadata={"help": "utility: utilities closer than this (nats) are a tie, broken toward retrieval order"},
+    )
+    answer_form: str = field(
+        default="phrase",
+        metadata={"help": "utility: surface form of the gold answer scored: phrase (the answer alone) | "
+                  "sentence ('The answer is ...')"},
+    )
+    max_answers: int = field(
+        default=3, metadata={"help": "utility: most gold answers scored per question (log-sum-exp of their likelihoods)"}
     )
 
     def __post_init__(self) -> None:
-        kind = self.scorer.partition(":")[0]
-        if kind not in SCORERS:
-            raise ValueError(f"scorer: unknown kind {kind!r}; use one of {sorted(SCORERS)}")
+        kind = self.kind
+        if kind not in TEACHER_KINDS:
+            raise ValueError(f"scorer: unknown kind {kind!r}; use one of {sorted(TEACHER_KINDS)}")
+        if self.rule is None:
+            self.rule = LabelRule.teacher if kind == "utility" else LabelRule.teacher_and_answer
         try:
             self.rule = LabelRule(self.rule)
         except ValueError:
@@ -149,6 +189,38 @@ class LabelConfig:
             self.top_m = defaults.top_m if defaults else 0
         if self.top_m < 0:
             raise ValueError(f"top_m must be >= 0 (0: no cap), got {self.top_m}")
+        if kind == "utility" and self.threshold < 0:
+            raise ValueError(f"threshold: the utility margin must be >= 0 nats, got {self.threshold}")
+        if not (self.tie_margin >= 0 and math.isfinite(self.tie_margin)):
+            raise ValueError(f"tie_margin must be a finite number >= 0, got {self.tie_margin}")
+        if self.answer_form not in ANSWER_FORMS:
+            raise ValueError(f"answer_form: unknown form {self.answer_form!r}; use one of {sorted(ANSWER_FORMS)}")
+        if self.max_answers < 1:
+            raise ValueError(f"max_answers must be >= 1, got {self.max_answers}")
+
+    @property
+    def kind(self) -> str:
+        """The teacher kind: the part of ``scorer`` before ``:``."""
+        return self.scorer.partition(":")[0]
+
+
+Teacher = Scorer | UtilityTeacher
+"""A pointwise scorer, or the utility teacher (which needs the gold answers and labels whole examples)."""
+
+
+def make_teacher(config: LabelConfig) -> Teacher:
+    """The teacher of ``config.scorer``: a pointwise scorer, or a :class:`UtilityTeacher` on the
+    transformers backend of its model (the bundled SmolLM2 when none is named)."""
+    if config.kind != "utility":
+        return make_scorer(config.scorer)
+    from dynamicrag.llm import load_backend
+
+    model = config.scorer.partition(":")[2].strip() or None
+    return UtilityTeacher(
+        load_backend("transformers", model), config.prompt_style, margin=config.threshold,  # type: ignore[arg-type]
+        tie_margin=config.tie_margin, max_k=config.top_m, answer_form=config.answer_form,  # type: ignore[arg-type]
+        max_answers=config.max_answers,
+    )
 
 
 def uses_containment(example: Example) -> bool:
@@ -181,6 +253,28 @@ def teacher_verdicts(scores: Sequence[float], threshold: float, top_m: int = 0) 
     return [ok and i in best for i, ok in enumerate(above)]
 
 
+def _labelled(example: Example, passages: Sequence[Passage], scores: Sequence[float], teacher: Sequence[bool],
+              config: LabelConfig, extra: dict[str, Any]) -> Example:
+    """The labelled copy: scores, the teacher's verdicts, containment and the rule's verdict."""
+    containment = uses_containment(example)
+    labelled: list[Passage] = []
+    for p, score, says in zip(passages, scores, teacher):
+        has_answer = contains_answer(f"{p.title} {p.text}", example.answers) if containment else None
+        p_extra: dict[str, Any] = dict(p.extra)
+        if p.score is not None:
+            p_extra["retrieval_score"] = p.score
+        p_extra.update(
+            teacher_relevant=says,
+            has_answer=has_answer,
+            relevant=combine(config.rule, says, has_answer),  # type: ignore[arg-type]
+        )
+        labelled.append(p.model_copy(update={"score": score, "extra": p_extra}))
+    rule = config.rule.value if containment else LabelRule.teacher.value  # type: ignore[union-attr]
+    return example.model_copy(
+        update={"passages": labelled, "extra": {**example.extra, **extra, "label_rule": rule}}
+    )
+
+
 def label_example(example: Example, scorer: Scorer, config: LabelConfig) -> Example:
     """A labelled copy of ``example`` with its first ``config.top_n`` passages (see module doc)."""
     passages = example.passages[: config.top_n]
@@ -191,38 +285,48 @@ def label_example(example: Example, scorer: Scorer, config: LabelConfig) -> Exam
             f"{len(passages)} passages (example {example.id!r})"
         )
     teacher = teacher_verdicts(scores, config.threshold, config.top_m)  # type: ignore[arg-type]
-    containment = uses_containment(example)
-    labelled: list[Passage] = []
-    for p, score, says in zip(passages, scores, teacher):
-        has_answer = contains_answer(f"{p.title} {p.text}", example.answers) if containment else None
-        extra: dict[str, Any] = dict(p.extra)
-        if p.score is not None:
-            extra["retrieval_score"] = p.score
-        extra.update(
-            teacher_relevant=says,
-            has_answer=has_answer,
-            relevant=combine(config.rule, says, has_answer),  # type: ignore[arg-type]
-        )
-        labelled.append(p.model_copy(update={"score": score, "extra": extra}))
-    rule = config.rule.value if containment else LabelRule.teacher.value  # type: ignore[union-attr]
-    return example.model_copy(
-        update={"passages": labelled, "extra": {**example.extra, "label_rule": rule}}
-    )
+    return _labelled(example, passages, scores, teacher, config, {})
 
 
-def label_examples(examples: Iterable[Example], scorer: Scorer, config: LabelConfig) -> list[Example]:
+def utility_labelled(example: Example, result: UtilityResult, config: LabelConfig) -> Example:
+    """A labelled copy of ``example`` (its first ``config.top_n`` passages) from the utility teacher.
+
+    ``score`` is each passage's utility (nats); the teacher's verdict is membership of the
+    expert list, whose order goes to ``extra["expert"]`` (1-based positions, ``[]`` for
+    ``None``); ``extra["utility"]`` keeps the log-likelihoods, the answers scored, the stop
+    rule's steps and the cost.
+    """
+    passages = example.passages[: config.top_n]
+    expert = set(result.expert)
+    extra = {
+        "expert": [i + 1 for i in result.expert],
+        "utility": {
+            "none_ll": result.none_ll, "expert_ll": result.expert_ll, "answers": result.answers,
+            "steps": result.steps, "cost": result.cost, "answer_form": config.answer_form,
+            "margin": config.threshold, "tie_margin": config.tie_margin, "model": config.scorer,
+        },
+    }
+    return _labelled(example, passages, result.utilities, [i in expert for i in range(len(passages))], config, extra)
+
+
+def label_examples(examples: Iterable[Example], scorer: Teacher, config: LabelConfig) -> list[Example]:
     """Label every example (copies; the inputs are not changed).
 
     Args:
         examples: Examples with their retrieved passages, in retrieval order.
-        scorer: The teacher (build it with ``make_scorer(config.scorer)``).
+        scorer: The teacher (build it with :func:`make_teacher`); a :class:`UtilityTeacher`
+            labels the whole batch in batched forward passes.
         config: Labelling options.
 
     Returns:
         One labelled :class:`~dynamicrag.schema.Example` per input, in input order, keeping
         the first ``config.top_n`` passages.
     """
-    out = [label_example(ex, scorer, config) for ex in examples]
+    if isinstance(scorer, UtilityTeacher):
+        shown = [ex.model_copy(update={"passages": ex.passages[: config.top_n]}) for ex in examples]
+        out = [utility_labelled(ex, r, config) for ex, r in zip(shown, scorer.label(shown))]
+    else:
+        out = [label_example(ex, scorer, config) for ex in examples]
     fallback = sum(1 for ex in out if ex.extra["label_rule"] != config.rule.value)  # type: ignore[union-attr]
     if fallback and config.rule is not LabelRule.teacher:
         logger.info("%d of %d examples labelled by the teacher alone (label answers or none)", fallback, len(out))
@@ -260,10 +364,14 @@ __all__ = [
     "LabelConfig",
     "LabelRule",
     "TEACHER_DEFAULTS",
+    "TEACHER_KINDS",
+    "Teacher",
     "TeacherDefaults",
     "combine",
     "label_example",
     "label_examples",
+    "make_teacher",
+    "utility_labelled",
     "read_labelled",
     "teacher_verdicts",
     "uses_containment",

@@ -177,16 +177,22 @@ def build_reranker_pairs(
             skipped["same_ids"] += 1
             continue
         rewards = _rewards(record, index)
+        top = float(rewards[best]["total"])  # type: ignore[index]
+        best_lists = {tuple(record["samples"][s].get("ids") or []) for s, r in enumerate(rewards)
+                      if abs(float(r["total"]) - top) <= _TIE_TOL}  # type: ignore[index]
         pairs.append({
             "id": example.id,
             "role": "reranker",
-            "prompt": reranker_chat(prompts, example.question, example.passages),
+            # The prompt the model saw when sampling: same style, same per-passage word cap.
+            "prompt": reranker_chat(prompts, example.question, example.passages, record.get("passage_words")),
             "chosen": _assistant(chosen),
             "rejected": _assistant(rejected),
             "chosen_ids": chosen_ids,
             "rejected_ids": rejected_ids,
             "chosen_reward": rewards[best]["total"],  # type: ignore[index]
             "rejected_reward": rewards[worst]["total"],  # type: ignore[index]
+            # Other id lists scored as well as the chosen one: the first in sample order won.
+            "best_tied": len(best_lists) > 1,
         })
     return pairs, skipped
 
@@ -318,6 +324,35 @@ def write_llamafactory_pairs(
     return data_file
 
 
+def reranker_pair_stats(pairs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """What decided the reranker pairs: ties at the top, and how often the shorter list won.
+
+    Args:
+        pairs: Reranker pairs of :func:`build_reranker_pairs`.
+
+    Returns:
+        ``best_ties`` (pairs whose chosen list shared the best total with another list),
+        ``chosen_none`` / ``rejected_none`` (pairs whose chosen / rejected list is ``None``)
+        with their shares of the pairs, and ``chosen_shorter`` / ``chosen_longer`` /
+        ``same_length`` (the chosen list against the rejected one, in passages).
+    """
+    n = len(pairs)
+    chosen_none = sum(not p["chosen_ids"] for p in pairs)
+    rejected_none = sum(not p["rejected_ids"] for p in pairs)
+    shorter = sum(len(p["chosen_ids"]) < len(p["rejected_ids"]) for p in pairs)
+    longer = sum(len(p["chosen_ids"]) > len(p["rejected_ids"]) for p in pairs)
+    return {
+        "best_ties": sum(bool(p.get("best_tied")) for p in pairs),
+        "chosen_none": chosen_none,
+        "chosen_none_share": chosen_none / n if n else 0.0,
+        "rejected_none": rejected_none,
+        "rejected_none_share": rejected_none / n if n else 0.0,
+        "chosen_shorter": shorter,
+        "chosen_longer": longer,
+        "same_length": n - shorter - longer,
+    }
+
+
 def export_pairs(
     records: Sequence[dict[str, Any]],
     out_dir: str | Path,
@@ -339,7 +374,9 @@ def export_pairs(
 
     Returns:
         The statistics written to ``pairs_stats.json``: pair counts, skipped examples by reason
-        for each kind, and the mean reward gap of the reranker pairs.
+        for each kind (``tie``: every sample scored the same), the mean reward gap of the
+        reranker pairs, and :func:`reranker_pair_stats` (ties at the top, share of pairs whose
+        chosen list is ``None``, shorter vs longer chosen lists).
     """
     out_dir = Path(out_dir)
     reranker, skipped_r = build_reranker_pairs(records, style)
@@ -349,6 +386,7 @@ def export_pairs(
     write_llamafactory_pairs(pairs, out_dir / "llamafactory", LLAMAFACTORY_DPO_NAME)
     gaps = [p["chosen_reward"] - p["rejected_reward"] for p in reranker]
     stats = {
+        **reranker_pair_stats(reranker),
         "examples": len(records),
         "reranker_pairs": len(reranker),
         "generator_pairs": len(generator),
@@ -356,6 +394,8 @@ def export_pairs(
         "generator_skipped": {r: skipped_g[r] for r in SKIP_REASONS if skipped_g[r]},
         "mean_reranker_reward_gap": sum(gaps) / len(gaps) if gaps else 0.0,
         "skip_ties": skip_ties,
+        # The weights the totals were computed with (the reward stage's, or a reweighting's).
+        "reward_weights": next((r["reward_meta"].get("weights") for r in records if r.get("reward_meta")), None),
     }
     atomic_write_json(out_dir / "pairs_stats.json", stats)
     logger.info("pairs: %d reranker and %d generator pairs from %d examples (skipped: %s / %s)",
@@ -369,6 +409,7 @@ __all__ = [
     "build_generator_pairs",
     "build_reranker_pairs",
     "export_pairs",
+    "reranker_pair_stats",
     "to_alpaca_pair",
     "write_llamafactory_pairs",
     "write_trl_pairs",

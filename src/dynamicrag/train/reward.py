@@ -21,6 +21,11 @@ sampled trajectories)::
 - ``length``: ``1 / (1 + k)`` with k the number of selected passages (1 for ``None``, 0.5 for
   one passage, 0.25 for three). The original code passes a constant instead of k, so this
   part never varied there.
+- ``match`` (not in the paper; weight 0 by default): 1.0 when a SQuAD-normalised gold answer
+  occurs inside the answer on whole tokens, the ``match`` of the evaluation tables
+  (:func:`~dynamicrag.evaluate.answer_metrics.match`, max over the gold answers). A small
+  generator writes sentences, so the paper's parts barely separate a right answer from a
+  wrong one; this part rewards exactly what the tables count.
 - ``judge``: an LLM judge (any :class:`~dynamicrag.llm.base.Backend`) scores 0-100, read as the
   first number in 0..100 of its reply and divided by 100. The original never parses the reply
   (the reward crashes there). Asked once per (answer, gold answer), identical questions shared.
@@ -52,7 +57,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from dynamicrag.evaluate.answer_metrics import rouge_l
+from dynamicrag.evaluate.answer_metrics import match, rouge_l
 from dynamicrag.evaluate.normalize import contains_answer
 from dynamicrag.llm.base import Backend, Chat, SamplingParams
 
@@ -61,7 +66,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-PARTS = ("em", "semantic", "rouge_l", "length", "judge")
+PARTS = ("em", "semantic", "rouge_l", "length", "judge", "match")
 """The reward's parts, in the order they are stored."""
 
 DEFAULT_BERTSCORE_MODEL = "roberta-large"  # bert-score's default for English
@@ -105,7 +110,15 @@ class RewardConfig:
     em_weight: float = field(default=0.2, metadata={"help": "Weight of exact match (paper: 0.2)"})
     semantic_weight: float = field(default=0.2, metadata={"help": "Weight of semantic similarity (paper: 0.2)"})
     rouge_l_weight: float = field(default=0.2, metadata={"help": "Weight of ROUGE-L F (paper: 0.2)"})
-    length_weight: float = field(default=0.2, metadata={"help": "Weight of the length term (paper: 0.2)"})
+    length_weight: float = field(
+        default=0.2,
+        metadata={"help": "Weight of the length term (paper: 0.2); with a weak generator the length term "
+                  "decides most pairs (see the recipe config for the measured value)"},
+    )
+    match_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of match, a gold answer inside the answer (not in the paper: 0)"},
+    )
     judge_weight: float = field(
         default=0.2,
         metadata={"help": "Weight of the LLM judge (paper: 0.2); used only when a judge backend is given, "
@@ -144,7 +157,7 @@ class RewardConfig:
             if not (weight >= 0 and math.isfinite(weight)):
                 raise ValueError(f"{part}_weight must be a finite number >= 0, got {weight}")
         if sum(w for p, w in self.weights().items() if p != "judge") <= 0:
-            raise ValueError("em, semantic, rouge_l and length weights are all 0: the reward would be "
+            raise ValueError("em, semantic, rouge_l, length and match weights are all 0: the reward would be "
                              "undefined without a judge")
         try:
             self.em_rule = EMRule(self.em_rule)
@@ -450,6 +463,7 @@ def _score_items(
             "rouge_l": sum(rouge_l(it.answer, [g]) for g in it.golds) / n,
             "length": length_part(it.k, config.length_penalty),
             "judge": None,
+            "match": match(it.answer, it.golds),
         }
         judge_error = None
         if use_judge:
@@ -485,7 +499,7 @@ def reward_parts(
         judge_backend: The judge LLM; None leaves the judge out.
 
     Returns:
-        ``{"total", "em", "semantic", "rouge_l", "length", "judge", "judge_error"}``.
+        ``{"total", "em", "semantic", "rouge_l", "length", "judge", "match", "judge_error"}``.
 
     Raises:
         ValueError: No gold answer, or a negative k.
@@ -523,7 +537,7 @@ def score_samples(
 
     Returns:
         Copies of the records where every sample has ``"reward": {"total", "em", "semantic",
-        "rouge_l", "length", "judge", "judge_error"}`` (``None`` for records without gold
+        "rouge_l", "length", "judge", "match", "judge_error"}`` (``None`` for records without gold
         answers, which cannot be scored), and each record has ``"reward_meta"``: the weights,
         the semantic scorer's name, the EM rule, the length form and the judge model.
 
@@ -569,6 +583,48 @@ def score_samples(
     return out
 
 
+def reweight_samples(records: Sequence[dict[str, Any]], config: RewardConfig) -> list[dict[str, Any]]:
+    """Recompute every sample's ``total`` from its stored parts under ``config``'s weights.
+
+    No model runs: the parts (em, semantic, rouge_l, length, judge, match) were stored by
+    :func:`score_samples`, so trying another weighting (e.g. a smaller length weight) on the
+    same samples costs nothing, and ``pairs`` can report what each weighting would choose.
+    Only the weights and the length form are read from ``config``; a sample without a
+    usable answer keeps its total of 0.0.
+
+    Args:
+        records: Records of :func:`score_samples` (not modified).
+        config: The weights to apply.
+
+    Returns:
+        Copies with new totals and ``reward_meta.weights`` updated.
+
+    Raises:
+        ValueError: A sample's reward lacks a part that ``config`` weights (naming the record).
+    """
+    out = []
+    for r, record in enumerate(records):
+        samples = []
+        for s, sample in enumerate(record.get("samples") or []):
+            reward = sample.get("reward")
+            if reward is None:
+                samples.append(sample)
+                continue
+            parts = dict(reward)
+            if config.length_penalty != (record.get("reward_meta") or {}).get("length_penalty", "inverse"):
+                parts["length"] = length_part(len(sample.get("ids") or []), config.length_penalty)
+            missing = [p for p, w in config.weights().items() if w > 0 and p != "judge" and p not in parts]
+            if missing:
+                raise ValueError(f"record {r} (id {record.get('id')!r}), sample {s}: reward has no {missing} part; "
+                                 "score the samples again with this version of `reward`")
+            usable = _usable(sample.get("answer"), sample.get("error")) is not None
+            total = combine(parts, config) if usable else 0.0
+            samples.append({**sample, "reward": {**parts, "total": total}})
+        meta = {**(record.get("reward_meta") or {}), "weights": config.weights(), "length_penalty": config.length_penalty}
+        out.append({**record, "samples": samples, "reward_meta": meta})
+    return out
+
+
 def config_dict(config: RewardConfig) -> dict[str, Any]:
     """The config as plain JSON values (for stats files)."""
     data = asdict(config)
@@ -595,5 +651,6 @@ __all__ = [
     "make_semantic_scorer",
     "parse_judge_score",
     "reward_parts",
+    "reweight_samples",
     "score_samples",
 ]

@@ -16,6 +16,7 @@ Output record per question (one JSON line; the reward stage reads exactly this):
 
     {**Example.model_dump(mode="json"),      # passages = the candidates the reranker saw
      "prompt_style": "default",
+     "passage_words": null,                  # the reranker prompt's word cap per passage
      "samples": [{"ids": [3, 1], "raw": "[3], [1]", "well_formed": true, "error": null,
                   "answer": "..."}, ...]}    # n samples, in sampling order
 
@@ -152,7 +153,8 @@ def _sample_isolated(
         failed = _sample_record(Selection(well_formed=False, error=f"{type(err).__name__}: {err}"), None)
         return [
             {**ex.model_copy(update={"passages": ex.passages[: config.top_n]}).model_dump(mode="json"),
-             "prompt_style": style_name, "samples": [dict(failed) for _ in range(config.n)]}
+             "prompt_style": style_name, "passage_words": config.passage_words,
+             "samples": [dict(failed) for _ in range(config.n)]}
             for ex in examples
         ]
 
@@ -191,6 +193,7 @@ def _sample_batch(
     for e, (ex, sels) in enumerate(zip(shown, samples)):
         record = ex.model_dump(mode="json")
         record["prompt_style"] = style_name
+        record["passage_words"] = config.passage_words  # the pairs stage rebuilds the same prompt
         record["samples"] = [
             _sample_record(sel, answers[job_of[(e, tuple(sel.ids))]] if sel.error is None else None) for sel in sels
         ]

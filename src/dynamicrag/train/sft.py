@@ -8,8 +8,12 @@ run (``train_on_prompt=False``). ``assistant_only_loss=True`` on the raw ``messa
 same, but it needs ``{% generation %}`` markers that SmolLM2's ChatML template lacks and TRL
 cannot patch in ("patching is not supported for this template").
 
-The result is a merged checkpoint (LoRA folded into the base weights) with its tokenizer and chat
-template, which every backend loads like any other model folder.
+``roles`` selects the records trained on: the reranker's only, the generator's only, or both
+(the paper's mix; every row of the prepare stage carries its ``role``). ``save`` selects what
+a LoRA run writes: the adapter alone (``<output_dir>/adapter``: peft's ``save_pretrained``, a
+few MB, applied to the base model at inference), the merged checkpoint (LoRA folded into the
+base weights, with tokenizer and chat template, which every backend loads like any other
+model folder), or both.
 
 Example:
     >>> from dynamicrag.train.sft import load_sft_config, train_sft
@@ -38,6 +42,9 @@ logger = logging.getLogger(__name__)
 
 _SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 _ROLES = ("system", "user", "assistant")
+TRAINED_ROLES = ("reranker", "generator")
+"""Roles a training record can teach (the ``role`` of the prepare and pairs stages' rows)."""
+SAVE_CHOICES = ("both", "adapter", "merged")
 _C = TypeVar("_C")
 
 
@@ -106,6 +113,16 @@ class SFTRunConfig:
         default=False,
         metadata={"help": "Recompute activations in the backward pass: less memory, ~30% more compute (for long cutoffs)."},
     )
+    roles: list[str] = field(
+        default_factory=lambda: list(TRAINED_ROLES),
+        metadata={"help": "Records trained on, by their 'role': [reranker] | [generator] | [reranker, generator] "
+                  "(the paper's mix)."},
+    )
+    save: str = field(
+        default="both",
+        metadata={"help": "What a LoRA run writes: adapter (<output_dir>/adapter) | merged (<output_dir>/merged) "
+                  "| both; a full fine-tune writes merged."},
+    )
     sft_args: dict[str, Any] = field(
         default_factory=dict,
         metadata={"help": "Extra trl.SFTConfig fields passed through unchanged (e.g. {report_to: wandb})."},
@@ -117,6 +134,7 @@ class SFTRunConfig:
         if not self.output_dir:
             raise ValueError("output_dir: required")
         check_training_fields(self)
+        self.roles = check_roles_and_save(self)
         if not isinstance(self.sft_args, dict):
             raise ValueError(f"sft_args: must be a mapping of trl.SFTConfig fields, got {type(self.sft_args).__name__}")
         own = {"output_dir", "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
@@ -135,6 +153,42 @@ class SFTRunConfig:
     def merged_dir(self) -> Path:
         """Where the merged model, tokenizer and chat template are written."""
         return Path(self.output_dir) / "merged"
+
+    @property
+    def adapter_dir(self) -> Path:
+        """Where the LoRA adapter is written (peft's ``save_pretrained``)."""
+        return Path(self.output_dir) / "adapter"
+
+
+def check_roles_and_save(config: Any) -> list[str]:
+    """Check ``roles`` (a list, or one role name) and ``save``; return the roles as a list.
+
+    Raises:
+        ValueError: An unknown or empty role list, an unknown ``save``, or ``save: adapter``
+            without LoRA.
+    """
+    roles = [config.roles] if isinstance(config.roles, str) else config.roles
+    if not isinstance(roles, list) or not roles or any(r not in TRAINED_ROLES for r in roles):
+        raise ValueError(f"roles: a non-empty list of {list(TRAINED_ROLES)}, got {config.roles!r}")
+    if config.save not in SAVE_CHOICES:
+        raise ValueError(f"save: one of {list(SAVE_CHOICES)}, got {config.save!r}")
+    if config.save == "adapter" and not config.lora:
+        raise ValueError("save: 'adapter' needs lora: true (a full fine-tune has no adapter)")
+    return list(dict.fromkeys(roles))
+
+
+def role_kept(where: str, row: dict[str, Any], roles: list[str] | None) -> bool:
+    """Whether a training row is of one of ``roles`` (None: every row).
+
+    Raises:
+        ValueError: Rows are filtered by role but this one has none (file and line named).
+    """
+    if roles is None or set(roles) >= set(TRAINED_ROLES):
+        return True
+    role = row.get("role")
+    if role not in TRAINED_ROLES:
+        raise ValueError(f"{where}: 'role' must be one of {list(TRAINED_ROLES)} to filter by roles {roles}, got {role!r}")
+    return role in roles
 
 
 def check_training_fields(config: Any) -> None:
@@ -291,13 +345,15 @@ def check_messages(where: str, messages: list[Any], name: str = "messages") -> l
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
-def load_sft_records(path: str | os.PathLike) -> list[dict[str, list[dict[str, str]]]]:
+def load_sft_records(
+    path: str | os.PathLike, roles: list[str] | None = None
+) -> list[dict[str, list[dict[str, str]]]]:
     """Read TRL ``messages`` JSONL rows into TRL's conversational prompt/completion records.
 
     Args:
         path: JSONL (or ``.jsonl.gz``) file; each line holds ``{"messages": [...]}`` ending
-            with the assistant message to learn (other keys such as ``role`` and ``id`` are
-            ignored).
+            with the assistant message to learn (other keys such as ``id`` are ignored).
+        roles: Keep only rows whose ``role`` is one of these (None: every row).
 
     Returns:
         ``[{"prompt": messages[:-1], "completion": [messages[-1]]}, ...]`` in file order.
@@ -315,9 +371,10 @@ def load_sft_records(path: str | os.PathLike) -> list[dict[str, list[dict[str, s
         messages = check_messages(where, messages)
         if messages[-1]["role"] != "assistant":
             raise ValueError(f"{where}: the last message must be the assistant's (the target), got {messages[-1]['role']!r}")
-        records.append({"prompt": messages[:-1], "completion": messages[-1:]})
+        if role_kept(where, row, roles):
+            records.append({"prompt": messages[:-1], "completion": messages[-1:]})
     if not records:
-        raise ValueError(f"{path}: no training rows")
+        raise ValueError(f"{path}: no training rows" + (f" of roles {roles}" if roles else ""))
     return records
 
 
@@ -380,7 +437,7 @@ def build_sft_trainer(config: SFTRunConfig) -> Any:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    records = load_sft_records(config.train_file)
+    records = load_sft_records(config.train_file, config.roles)
     # The training arguments come before the model: under `accelerate launch` with ZeRO-3 they
     # register the DeepSpeed config, so from_pretrained builds the model already sharded
     # (zero3_init_flag) instead of a full fp32 copy in every process.
@@ -406,8 +463,8 @@ def build_sft_trainer(config: SFTRunConfig) -> Any:
         **{"dataloader_pin_memory": torch.cuda.is_available(), **config.sft_args},  # pinning needs a GPU
     )
     model, tokenizer = load_trainable(config.model)
-    logger.info("SFT on %d rows of %s from %s (%s)", len(records), config.train_file, model.name_or_path,
-                "LoRA" if config.lora else "full fine-tuning")
+    logger.info("SFT on %d rows (roles %s) of %s from %s (%s)", len(records), config.roles, config.train_file,
+                model.name_or_path, "LoRA" if config.lora else "full fine-tuning")
     return SFTTrainer(
         model=model,
         args=args,
@@ -417,18 +474,20 @@ def build_sft_trainer(config: SFTRunConfig) -> Any:
     )
 
 
-def train_and_merge(trainer: Any, config: Any, what: str) -> Path:
-    """Train (resuming from the last checkpoint), then write the merged model.
+def train_and_save(trainer: Any, config: Any, what: str) -> Path:
+    """Train (resuming from the last checkpoint), then write the adapter and/or the merged model.
 
     Shared by :func:`train_sft` and :func:`dynamicrag.train.dpo.train_dpo`.
 
     Args:
         trainer: A ``transformers.Trainer`` writing to ``config.checkpoint_dir``.
-        config: The run config (``checkpoint_dir``, ``merged_dir``, ``lora``, ``train_file``).
+        config: The run config (``checkpoint_dir``, ``merged_dir``, ``adapter_dir``, ``lora``,
+            ``save``, ``model``, ``train_file``).
         what: Name of the stage for messages (``"SFT"``, ``"DPO"``).
 
     Returns:
-        ``config.merged_dir``, holding the model (LoRA folded in), tokenizer and chat template.
+        ``config.merged_dir`` (model with LoRA folded in, tokenizer, chat template) when it is
+        written, else ``config.adapter_dir``.
 
     Raises:
         FloatingPointError: The training loss became NaN or infinite.
@@ -445,6 +504,7 @@ def train_and_merge(trainer: Any, config: Any, what: str) -> Path:
         raise FloatingPointError(f"{what} loss is {result.training_loss}; lower learning_rate or check {config.train_file}")
 
     merged = config.merged_dir
+    write_merged = not config.lora or config.save in ("both", "merged")
     if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
         # ZeRO-3 / FSDP shard the parameters over the processes: save_model gathers them (a
         # collective every process must call) and writes on the main process only.
@@ -452,14 +512,39 @@ def train_and_merge(trainer: Any, config: Any, what: str) -> Path:
     elif trainer.is_world_process_zero():  # under `accelerate launch` every process gets here
         model = trainer.model
         if config.lora:
-            model = model.merge_and_unload()  # W + (alpha/r) B A, a plain transformers model again
-        merged.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(merged)
-        trainer.processing_class.save_pretrained(merged)  # tokenizer + chat_template.jinja
-    trainer.accelerator.wait_for_everyone()  # no process returns before the merged model exists
+            if "ref" in model.peft_config:  # DPO's frozen copy of the starting adapter
+                model.delete_adapter("ref")
+            if config.save in ("both", "adapter"):
+                save_adapter(model, config)
+        if write_merged:
+            if config.lora:
+                model = model.merge_and_unload()  # W + (alpha/r) B A, a plain transformers model again
+            merged.mkdir(parents=True, exist_ok=True)
+            model.save_pretrained(merged)
+            trainer.processing_class.save_pretrained(merged)  # tokenizer + chat_template.jinja
+    trainer.accelerator.wait_for_everyone()  # no process returns before the model exists
+    out = merged if write_merged else config.adapter_dir
     if trainer.is_world_process_zero():
-        logger.info("Merged model written to %s (train loss %.4f)", merged, result.training_loss)
-    return merged
+        logger.info("%s written to %s (train loss %.4f)", "Merged model" if write_merged else "Adapter", out,
+                    result.training_loss)
+    return out
+
+
+def save_adapter(model: Any, config: Any) -> Path:
+    """Write the trained LoRA adapter to ``config.adapter_dir`` (peft's ``save_pretrained``).
+
+    The adapter names its base model by what the config gave (``model``; the bundled model's
+    alias when null) rather than this machine's cache path, so the folder can ship.
+    """
+    from dynamicrag.llm.models import DEFAULT_MODEL
+
+    out = config.adapter_dir
+    model.save_pretrained(str(out), selected_adapters=["default"])
+    path = out / "adapter_config.json"
+    adapter_config = json.loads(path.read_text("utf-8"))
+    adapter_config["base_model_name_or_path"] = config.model or DEFAULT_MODEL
+    path.write_text(json.dumps(adapter_config, indent=2), "utf-8")
+    return out
 
 
 def _save_sharded(trainer: Any, config: Any) -> None:
@@ -474,6 +559,8 @@ def _save_sharded(trainer: Any, config: Any) -> None:
     else:
         adapter = Path(config.output_dir) / "adapter"
         trainer.save_model(str(adapter))
+        if config.save == "adapter":
+            return
         if trainer.is_world_process_zero():
             from peft import PeftModel
             from transformers.integrations.deepspeed import unset_hf_deepspeed_config
@@ -490,7 +577,8 @@ def _save_sharded(trainer: Any, config: Any) -> None:
 
 
 def train_sft(config: SFTRunConfig) -> Path:
-    """Fine-tune, then write the merged model to ``<output_dir>/merged``.
+    """Fine-tune, then write the adapter (``<output_dir>/adapter``) and/or the merged model
+    (``<output_dir>/merged``), as ``config.save`` says.
 
     A rerun with the same ``output_dir`` resumes from the last checkpoint in
     ``<output_dir>/checkpoints`` (raise ``max_steps`` or the epochs to train further).
@@ -500,9 +588,10 @@ def train_sft(config: SFTRunConfig) -> Path:
 
     Returns:
         The merged checkpoint folder (model, tokenizer, chat template), loadable with
-        ``load_backend("transformers", model=str(path))``.
+        ``load_backend("transformers", model=str(path))``; the adapter folder when only the
+        adapter is saved.
 
     Raises:
         FloatingPointError: The training loss became NaN or infinite.
     """
-    return train_and_merge(build_sft_trainer(config), config, "SFT")
+    return train_and_save(build_sft_trainer(config), config, "SFT")

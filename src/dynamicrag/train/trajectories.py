@@ -2,7 +2,11 @@
 
 The expert lists the passages that are needed, best first, and stops: the relevant passages
 (``extra["relevant"]``, see :mod:`dynamicrag.train.label`) ordered by teacher score, cut at
-``max_k``; ``None`` when no passage is relevant. Training prompts are built with the same
+``max_k``; ``None`` when no passage is relevant. A teacher that writes its own order
+(``Example.extra["expert"]``, 1-based positions, e.g. the utility teacher with its stop rule
+and its near-ties broken toward retrieval order) is followed as written: its relevant
+passages in its order first, then any other relevant passage (a rule that adds
+answer-holding passages) by score. Training prompts are built with the same
 functions as inference prompts (:func:`~dynamicrag.prompts.reranker_chat`,
 :func:`~dynamicrag.prompts.generator_chat`), so the two cannot drift apart.
 
@@ -52,7 +56,18 @@ def _relevant_order(example: Example) -> list[int]:
         s = example.passages[i].score
         return math.inf if s is None or math.isnan(s) else -s
 
-    return sorted(relevant, key=key)  # stable: ties keep retrieval order
+    expert = example.extra.get("expert")
+    if expert is None:
+        return sorted(relevant, key=key)  # stable: ties keep retrieval order
+    if not isinstance(expert, list) or not all(
+        isinstance(i, int) and 1 <= i <= len(example.passages) for i in expert
+    ) or len(set(expert)) != len(expert):
+        raise ValueError(
+            f"example {example.id!r}: extra['expert'] must be distinct 1-based positions into its "
+            f"{len(example.passages)} passages, got {expert!r}"
+        )
+    ordered = [i - 1 for i in expert if example.passages[i - 1].extra["relevant"]]
+    return ordered + sorted((i for i in relevant if i not in set(ordered)), key=key)
 
 
 def reranker_target_ids(example: Example, max_k: int) -> list[int]:
@@ -114,6 +129,7 @@ def build_sft_records(
     style: PromptStyle | str = "default",
     max_k: int = 5,
     max_generator_passages: int = 15,
+    passage_words: int | None = None,
 ) -> list[dict[str, Any]]:
     """TRL conversational SFT records: one reranker record and one generator record per example.
 
@@ -122,6 +138,8 @@ def build_sft_records(
         style: A :class:`~dynamicrag.prompts.PromptStyle`, a built-in style name or a YAML path.
         max_k: Most ids in a reranker target.
         max_generator_passages: Most passages in a generator prompt.
+        passage_words: Words shown of each passage in the reranker prompt (None: all); the
+            same cap must be used when sampling and at inference.
 
     Returns:
         ``{"messages": [system, user, assistant], "role": "reranker" | "generator", "id": ...}``
@@ -132,7 +150,7 @@ def build_sft_records(
     records: list[dict[str, Any]] = []
     for ex in examples:
         target = reranker_target(style, reranker_target_ids(ex, max_k))
-        chat = reranker_chat(style, ex.question, ex.passages)
+        chat = reranker_chat(style, ex.question, ex.passages, passage_words)
         records.append(
             {"messages": [*chat, {"role": "assistant", "content": target}], "role": "reranker", "id": ex.id}
         )
