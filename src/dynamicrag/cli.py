@@ -6,6 +6,15 @@ import hashlib
 import json
 import logging
 import time
+
+from dynamicrag.runtime import set_thread_env_defaults
+
+# Before anything loads torch: OpenMP reads OMP_WAIT_POLICY once (PASSIVE unless set; see
+# dynamicrag.runtime and benchmarks/speed_work.py for why).
+try:
+    set_thread_env_defaults()
+except ValueError:
+    pass  # a bad $DYNAMICRAG_THREADS: the --threads option (its envvar) reports it
 from enum import Enum
 from functools import partial
 from importlib import resources
@@ -77,6 +86,18 @@ WorkerGpusOpt = typer.Option(
 )
 
 
+@app.callback()
+def main(
+    threads: Optional[int] = typer.Option(
+        None, "--threads", envvar="DYNAMICRAG_THREADS", min=1,
+        help="CPU threads for torch and OpenMP (default: one per core); OMP_WAIT_POLICY is PASSIVE unless set",
+    ),
+) -> None:
+    """DynamicRAG: retrieve, let an LLM reranker choose the passages (order and number), answer."""
+    if threads is not None:
+        set_thread_env_defaults(threads)
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not verbose:
@@ -106,7 +127,29 @@ def _backend_spec(name: str, model: str | None, base_url: str | None, options: l
         _fail(f"backend {name!r}: {err}")
     if model and Path(model).exists():
         model = str(Path(model).resolve())  # a Ray worker may not share this working directory
-    return {"name": name, "model": model, **kwargs}
+    spec = {"name": name, "model": model, **kwargs}
+    _announce_backend(spec)
+    return spec
+
+
+_ANNOUNCED: set[str] = set()
+
+
+def _announce_backend(spec: dict) -> None:
+    """Print once what the transformers backend will run in, e.g. "transformers backend: bf16
+    (CPU has avx512_bf16)" (the same choice the backend makes when it loads)."""
+    if spec["name"] != "transformers":
+        return
+    from dynamicrag.llm.transformers_backend import choose_dtype
+
+    try:
+        _, reason = choose_dtype(spec.get("dtype", "auto"), spec.get("device", "cpu"))
+    except ValueError as err:
+        _fail(f"backend 'transformers': {err}")
+    line = f"transformers backend: {reason}"
+    if line not in _ANNOUNCED:
+        _ANNOUNCED.add(line)
+        console.print(line)
 
 
 def _index_path(index_dir: Path | None) -> str | None:
@@ -152,10 +195,14 @@ def _executor(kind: ExecutorKind, address: str | None, workers: int, worker_gpus
     return make_executor("ray", address=address, num_workers=workers, num_gpus_per_worker=worker_gpus)
 
 
-def _run_resumable(stage: str, items: list, output: Path, batch_size: int, fn_factory, executor) -> int:
+def _run_resumable(
+    stage: str, items: list, output: Path, batch_size: int, fn_factory, executor, settings=None
+) -> int:
     """Run the stage's batch function (``fn_factory()``, built where the batches run) over the
     items not yet in ``output`` on ``executor``, appending the records in input order with a
     progress bar; a killed run, local or on Ray, resumes after the records already written.
+    ``settings()``, when given and there is work to do, returns the run's settings, written
+    to ``<output>.settings.json`` before the first batch.
 
     Returns:
         How many items this run processed.
@@ -167,6 +214,8 @@ def _run_resumable(stage: str, items: list, output: Path, batch_size: int, fn_fa
         todo = items[writer.done :]
         if writer.done:
             console.print(f"resuming: {writer.done} of {len(items)} records already in {output}")
+        if settings is not None and todo:
+            _write_settings(output, settings(), resumed=writer.done > 0)
         with Progress(
             TextColumn(stage), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
         ) as progress:
@@ -176,6 +225,43 @@ def _run_resumable(stage: str, items: list, output: Path, batch_size: int, fn_fa
                     writer.write(record)
                 progress.advance(bar, len(records))
     return len(todo)
+
+
+def _write_settings(output: Path, settings: dict, resumed: bool) -> None:
+    """Write the run's settings beside ``output``; when resuming, say which settings differ
+    from those of the run that wrote the records before."""
+    from dynamicrag.run_settings import changed_settings, settings_path, write_run_settings
+
+    path = settings_path(output)
+    if resumed and path.is_file():
+        try:
+            changed = changed_settings(json.loads(path.read_text("utf-8")), settings)
+        except (OSError, ValueError):
+            changed = []
+        if changed:
+            console.print(f"[yellow]warning:[/yellow] resuming {output} with other settings than the run that "
+                          f"started it: {', '.join(changed)} (the earlier records keep theirs)")
+    write_run_settings(output, settings)
+
+
+def _stage_settings(backend: dict, local: bool, fn_factory=None, **sections) -> dict:
+    """A stage's run settings: the backend's ``describe()`` where the batches run in this
+    process (the model loads once: ``load_backend`` and ``load_index`` cache it for the
+    batches), with the reranker's and generator's settings when ``fn_factory()`` returns a
+    pipeline's ``run``; on Ray, the backend spec (the workers load it) and ``sections``."""
+    from dynamicrag.llm import load_backend
+    from dynamicrag.run_settings import run_settings
+
+    if not local:
+        return run_settings({**backend, "described": "no (loaded on the Ray workers)"}, **sections)
+    try:
+        llm = load_backend(**backend)
+        pipeline = getattr(fn_factory(), "__self__", None) if fn_factory is not None else None
+    except (TypeError, ValueError, FileNotFoundError) as err:
+        _fail(f"backend {backend['name']!r}: {err}")
+    if pipeline is not None:
+        sections = {"reranker": pipeline.reranker, "generator": pipeline.generator, **sections}
+    return run_settings(llm, **sections)
 
 
 def _check_resumed_ids(items: list, writer, output: Path) -> None:
@@ -396,9 +482,14 @@ def infer(
     )
 
     start = time.perf_counter()
-    ran = _run_resumable(
-        "infer", examples, output, batch_size, infer_fn, _executor(executor, ray_address, workers, worker_gpus)
+    run_on = _executor(executor, ray_address, workers, worker_gpus)
+    backend_spec, index_path = infer_fn.args[:2]
+    settings = partial(
+        _stage_settings, backend_spec, executor is ExecutorKind.local, infer_fn,
+        pipeline={**infer_fn.keywords, "index": index_path, "retrieve": retrieve, "batch_size": batch_size,
+                  "executor": executor.value, "workers": workers},
     )
+    ran = _run_resumable("infer", examples, output, batch_size, infer_fn, run_on, settings=settings)
     _print_summary(output, ran, time.perf_counter() - start)
 
 
@@ -699,8 +790,14 @@ def sample(
     )
 
     start = time.perf_counter()
+    settings = partial(
+        _stage_settings, sample_fn.args[0], executor is ExecutorKind.local, sample=config,
+        run={"index": sample_fn.args[1], "prompt_style": prompt_style, "batch_size": batch_size,
+             "executor": executor.value, "workers": workers},
+    )
     ran = _run_resumable(
-        "sample", examples, output, batch_size, sample_fn, _executor(executor, ray_address, workers, worker_gpus)
+        "sample", examples, output, batch_size, sample_fn, _executor(executor, ray_address, workers, worker_gpus),
+        settings=settings,
     )
     elapsed = time.perf_counter() - start
     records = [r for _, r in read_jsonl(output)]
@@ -834,6 +931,7 @@ def serve(
 ) -> None:
     """Serve the reranker and the generator over HTTP: POST /v1/rerank, POST /v1/answer, GET /health."""
     _setup_logging(verbose)
+    _announce_backend({"name": backend, "model": model})
     from dynamicrag.serve.app import serve_command
 
     try:

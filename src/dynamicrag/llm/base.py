@@ -77,3 +77,9 @@ class Backend(Protocol):
     def count_tokens(self, chat: Chat) -> int:
         """Prompt tokens of ``chat`` after the chat template (used to fit windows)."""
         ...
+
+    def describe(self) -> dict:
+        """The settings that change this backend's outputs or speed (name, model, dtype,
+        device, threads, batch size, ...), as plain JSON values; recorded in each run's
+        settings (:mod:`dynamicrag.run_settings`)."""
+        ...
