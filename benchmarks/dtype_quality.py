@@ -22,8 +22,9 @@ Reported per variant: share of questions whose selection (the ids, in order) is 
 fp32's (issue 18 asks >= 95 % for the kept settings), identical answers, match (a gold answer
 in the answer) and its paired difference to fp32 with a 95 % paired bootstrap CI (issue 18: the
 difference stays within the CI, i.e. the CI includes 0), mean k, failed records and seconds per
-question. Records are appended per variant to JSONL files under --work, so an interrupted
-run resumes where it stopped. Prints a markdown table last and writes JSON.
+question. Records are appended per variant to JSONL files under --work (default: the
+project's cache, ``~/.cache/dynamicrag/benchmarks/``), so an interrupted run resumes where it
+stopped. Prints a markdown table last and writes JSON.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from pathlib import Path
 import numpy as np
 from _common import (
     MODEL_NAME,
-    RESULTS,
     Timer,
     fmt,
     int8_backend,
@@ -126,7 +126,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8, help="Questions per batch (infer's default)")
     ap.add_argument("--variants", default="fp32,default", help=f"Comma-separated, of {', '.join(VARIANTS)}")
     ap.add_argument("--work", type=Path, default=None,
-                    help="Folder of the per-variant records (resumed); default results/dtype_quality[.quick]/")
+                    help="Folder of the per-variant records (resumed); default <DYNAMICRAG_CACHE>/benchmarks/dtype_quality[.quick]/")
     ap.add_argument("--json", type=Path, default=None)
     args = parse_args(ap, QUICK)
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -138,7 +138,9 @@ def main() -> None:
 
     setup = nq_setup(argparse.Namespace(questions=args.skip + args.questions, corpus_limit=args.corpus_limit))
     examples = setup.top(args.top_n, setup.examples[args.skip:])
-    work = args.work or RESULTS / f"dtype_quality{'.quick' if args.quick else ''}"
+    from dynamicrag.llm.models import cache_dir
+
+    work = args.work or cache_dir() / "benchmarks" / f"dtype_quality{'.quick' if args.quick else ''}"
     tag = f"q{args.skip}-{args.skip + args.questions - 1}_top{args.top_n}_tok{args.max_new_tokens}_b{args.batch_size}" + (
         f"_corpus{args.corpus_limit}" if args.corpus_limit else "")
     runs, described = {}, {}

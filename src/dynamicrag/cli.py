@@ -132,12 +132,10 @@ def _backend_spec(name: str, model: str | None, base_url: str | None, options: l
     return spec
 
 
-_ANNOUNCED: set[str] = set()
-
-
 def _announce_backend(spec: dict) -> None:
-    """Print once what the transformers backend will run in, e.g. "transformers backend: bf16
-    (CPU has avx512_bf16)" (the same choice the backend makes when it loads)."""
+    """Print what the transformers backend will run in, e.g. "transformers backend: bf16 (CPU
+    has avx512_bf16)" (the choice the backend makes when it loads), once per command: each
+    command builds its backend spec once."""
     if spec["name"] != "transformers":
         return
     from dynamicrag.llm.transformers_backend import choose_dtype
@@ -146,10 +144,7 @@ def _announce_backend(spec: dict) -> None:
         _, reason = choose_dtype(spec.get("dtype", "auto"), spec.get("device", "cpu"))
     except ValueError as err:
         _fail(f"backend 'transformers': {err}")
-    line = f"transformers backend: {reason}"
-    if line not in _ANNOUNCED:
-        _ANNOUNCED.add(line)
-        console.print(line)
+    console.print(f"transformers backend: {reason}")
 
 
 def _index_path(index_dir: Path | None) -> str | None:

@@ -282,3 +282,48 @@ def test_default_bf16_stays_within_tolerance_of_fp32(smollm, nq_chats):
     pairs = [(a[0].text, b[0].text) for a, b in zip(smollm.generate(rerank, params), bf16.generate(rerank, params))]
     assert all(a[:3] == b[:3] for a, b in pairs), pairs  # "Non" or "[i]": keep anything, and what first
     assert sum(a == b for a, b in pairs) >= 5, pairs
+
+
+def test_prefix_cache_learns_each_roles_shared_prefix_and_encodes_it_once():
+    """The cache's bookkeeping on token lists (no model): what is encoded, when, under which key."""
+    from dynamicrag.llm.transformers_backend import _PrefixCache
+
+    encoded = []
+
+    def encode(tokens, base):
+        start = len(base.tokens) if base else 0
+        encoded.append((len(tokens), start))
+        kv = torch.arange(len(tokens), dtype=torch.float32).view(1, 1, -1, 1)
+        return [(kv, kv)]
+
+    role_a = list(range(100, 160))  # 60 shared tokens (a system prompt)
+    role_b = list(range(500, 540))  # another role's 40
+    a = [role_a + [1000 + i, 7, 8, i] for i in range(6)]
+    b = [role_b + [2000 + i, 9, i] for i in range(6)]
+    cache = _PrefixCache(min_tokens=32)
+    # A batch: its common prefix is encoded once and serves it.
+    first = cache.lookup("base", a[:2], encode)
+    assert first.tokens == tuple(role_a) and encoded == [(60, 0)]
+    assert cache.lookup("base", a[2:4], encode) is first and cache.hits == 1
+    # Batches of one, roles alternating: each role's prefix is learnt from its last prompts.
+    assert cache.lookup("base", [b[0]], encode) is None  # nothing to compare with yet
+    assert cache.lookup("base", [a[4]], encode) is first
+    entry_b = cache.lookup("base", [b[1]], encode)
+    assert entry_b.tokens == tuple(role_b) and encoded[-1] == (40, 0)
+    assert cache.lookup("base", [b[2]], encode) is entry_b and len(cache) == 2
+    # Another weights state (adapter) never sees these entries.
+    assert cache.lookup("adapter", b[3:5], encode).tokens == tuple(role_b) and encoded[-1] == (40, 0)
+    # A batch that shares less than an entry holds cuts it back, without encoding anything.
+    shorter = [role_a[:45] + [3000 + i] * 5 for i in range(2)]
+    n = len(encoded)
+    cut = cache.lookup("base", shorter, encode)
+    assert cut.tokens == tuple(role_a[:45]) and cut.kv[0][0].shape[2] == 45 and len(encoded) == n
+    # Prompts that share more than the entry extend it: only the new part is encoded.
+    longer = cache.lookup("base", [role_a + list(range(40)) + [i] for i in range(2)], encode)
+    assert len(longer.tokens) == 100 and encoded[-1] == (100, 45)
+    # A prompt shares at most all but its last token; too little shared: no prefix.
+    assert cache.lookup("base", [[1, 2, 3], [1, 2, 4]], encode) is None
+    # Bounded: the least recently used entries go first.
+    for k in range(4):
+        cache.lookup(f"other{k}", [[k] * 40 + [1], [k] * 40 + [2]], encode)
+    assert len(cache) == 4 and not cache._entries["base"]

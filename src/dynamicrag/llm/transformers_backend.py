@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 import logging
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Hashable, Iterator, Sequence
 from typing import Any
 
@@ -47,9 +47,10 @@ _SHORT_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "f
 def choose_dtype(dtype: str | torch.dtype = "auto", device: str = "cpu") -> tuple[torch.dtype, str]:
     """The dtype a model runs in, and why, e.g. ``(torch.bfloat16, "bf16 (CPU has avx512_bf16)")``.
 
-    ``"auto"`` on CPU is bf16 where the CPU multiplies bf16 natively (AVX512-BF16 or AMX; about
-    twice the fp32 prefill rate on such CPUs, see ``benchmarks/speed_work.py``) and fp32
-    elsewhere (emulated bf16 is slower than fp32); on a GPU it is bf16, or fp16 without bf16.
+    ``"auto"`` on CPU is bf16 where the CPU multiplies bf16 natively (AVX512-BF16 or AMX: half
+    the memory traffic and faster products; ``benchmarks/speed_work.py`` measures the gain and
+    ``benchmarks/dtype_quality.py`` the outputs against fp32) and fp32 elsewhere (emulated bf16
+    is slower than fp32); on a GPU it is bf16, or fp16 without bf16.
 
     Args:
         dtype: ``"auto"``, a name (``"float32"``, ``"bf16"``, ...) or a ``torch.dtype``.
@@ -217,8 +218,13 @@ class _Prefix:
     kv: list[tuple[torch.Tensor, torch.Tensor]]
 
     def cropped(self, length: int) -> _Prefix:
-        # The KV of a prefix does not depend on what follows it (causal attention).
-        return _Prefix(self.tokens[:length], [(k[:, :, :length], v[:, :, :length]) for k, v in self.kv])
+        """The first ``length`` tokens (``self`` when that is all of them). The KV of a prefix
+        does not depend on what follows it (causal attention); copied, so the longer tensors
+        can be freed."""
+        if length >= len(self.tokens):
+            return self
+        kv = [(k[:, :, :length].clone(), v[:, :, :length].clone()) for k, v in self.kv]
+        return _Prefix(self.tokens[:length], kv)
 
 
 class _PrefixCache:
@@ -227,7 +233,7 @@ class _PrefixCache:
     The prompts of one role start alike: the chat template's header and the role's system
     prompt (about 170 tokens of each reranker prompt here). Which tokens are shared is learnt
     from the prompts themselves: the longest common token prefix of a batch, or, for a batch
-    of one, of that prompt and the previous one seen under the same key. An entry is computed
+    of one, of that prompt and the most similar of the last few seen under the same key. An entry is computed
     once and cut back (never recomputed) when a later batch shares less of it, so entries
     settle on what every prompt of a role has in common. Written by hand because transformers
     has no prefix cache for ``generate``; vLLM's automatic prefix caching is the same idea.
@@ -242,7 +248,9 @@ class _PrefixCache:
         self.max_entries = max_entries
         self.min_tokens = min_tokens
         self._entries: OrderedDict[Hashable, list[_Prefix]] = OrderedDict()
-        self._last: dict[Hashable, list[int]] = {}
+        # The last prompts seen per key: batches of one learn their prefix from them (a few,
+        # as roles alternate: reranker, generator, reranker, ...).
+        self._recent: dict[Hashable, deque[list[int]]] = {}
         self.hits = self.misses = 0  # batches served from a cached prefix / that computed one
 
     def __len__(self) -> int:
@@ -268,21 +276,22 @@ class _PrefixCache:
         self._entries.move_to_end(key)
         length, index = max(((min(_common_prefix_len(e.tokens, first), shared), i) for i, e in enumerate(entries)),
                             default=(0, -1))
-        best = entries[index].cropped(length) if length >= self.min_tokens else None
-        previous = self._last.get(key)
-        self._last[key] = list(prompts[-1])
-        if len(prompts) == 1:  # one prompt: learn what it shares with the previous one
-            shared = min(shared, _common_prefix_len(first, previous)) if previous else 0
+        best = entries[index] if length >= self.min_tokens else None
+        recent = self._recent.setdefault(key, deque(maxlen=4))
+        if len(prompts) == 1:  # one prompt: learn what it shares with the last few seen
+            shared = min(shared, max((_common_prefix_len(first, r) for r in recent), default=0))
+        recent.append(list(first))
         if best is not None and shared < length + self.min_tokens:
             entries.pop(index)
-            entries.append(best)  # cut back to what is shared; most recently used last
+            best = best.cropped(length)  # cut back to what is shared
+            entries.append(best)  # most recently used last
             self.hits += 1
             return best
         if shared < self.min_tokens:
             return None
         # New (e.g. another role's system prompt), or much longer than the best entry: keep
         # the entries as they are, and encode only what the best one does not hold.
-        base = best if best is not None and length <= shared else None
+        base = best.cropped(length) if best is not None else None  # a prefix of first[:shared]
         entry = _Prefix(tuple(first[:shared]), encode(first[:shared], base))
         entries.append(entry)
         while len(self) > self.max_entries:
