@@ -6,15 +6,6 @@ import hashlib
 import json
 import logging
 import time
-
-from dynamicrag.runtime import set_thread_env_defaults
-
-# Before anything loads torch: OpenMP reads OMP_WAIT_POLICY once (PASSIVE unless set; see
-# dynamicrag.runtime and benchmarks/speed_work.py for why).
-try:
-    set_thread_env_defaults()
-except ValueError:
-    pass  # a bad $DYNAMICRAG_THREADS: the --threads option (its envvar) reports it
 from enum import Enum
 from functools import partial
 from importlib import resources
@@ -25,6 +16,15 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+
+from dynamicrag.runtime import set_thread_env_defaults
+
+# Before anything loads torch: OpenMP reads OMP_WAIT_POLICY once (PASSIVE unless set; see
+# dynamicrag.runtime and benchmarks/speed_work.py for why).
+try:
+    set_thread_env_defaults()
+except ValueError:
+    pass  # a bad $DYNAMICRAG_THREADS: the --threads option (its envvar) reports it
 
 app = typer.Typer(
     help="DynamicRAG: retrieve, let an LLM reranker choose the passages (order and number), answer.",

@@ -19,12 +19,9 @@ Example:
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from pathlib import Path
-
-logger = logging.getLogger(__name__)
 
 THREADS_ENV = "DYNAMICRAG_THREADS"
 """Environment variable with the number of CPU threads torch uses (``--threads`` sets it)."""

@@ -281,7 +281,9 @@ class _PrefixCache:
         if len(prompts) == 1:  # one prompt: learn what it shares with the last few seen
             shared = min(shared, max((_common_prefix_len(first, r) for r in recent), default=0))
         recent.append(list(first))
-        if best is not None and shared < length + self.min_tokens:
+        # A known prefix serves; only a batch that shares much more extends it (a prompt seen
+        # twice alone must not become an entry of its own, pushing the roles' prefixes out).
+        if best is not None and (len(prompts) == 1 or shared < length + self.min_tokens):
             entries.pop(index)
             best = best.cropped(length)  # cut back to what is shared
             entries.append(best)  # most recently used last
