@@ -509,6 +509,22 @@ class UsageMeter:
         }
 
 
+def finished_row_share(calls: Sequence[Call]) -> float | None:
+    """Share of the decoding row-steps of batched calls spent on rows that had finished.
+
+    A batch decodes until its longest output ends, so a row that finished early still goes
+    through every later step: ``sum(rows x longest - each row's tokens) / sum(rows x longest)``
+    over the calls. Exact when each call is one model batch (its chats <= the backend's batch
+    size), as in ``throughput.py``.
+
+    Returns:
+        The share, or None when nothing was generated.
+    """
+    computed = sum(c.chats * max(c.completion_tokens, default=0) for c in calls)
+    needed = sum(sum(c.completion_tokens) for c in calls)
+    return (computed - needed) / computed if computed else None
+
+
 def reduction_trace(selection: Any, n_passages: int, window: int, style: Any) -> dict[str, Any] | None:
     """What the dynamic reranker's top-N reduction did for one example, read back from its
     raw outputs (``Selection.raw`` joins every call's output in call order).

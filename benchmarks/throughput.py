@@ -59,6 +59,7 @@ from _common import (
     Timer,
     UsageMeter,
     add_common_args,
+    finished_row_share,
     fmt,
     log,
     markdown_table,
@@ -141,15 +142,12 @@ def child(args: argparse.Namespace) -> dict:
             server.stop()
     usage = meter.totals()
     ok = [r for r in records if not r["error"]]
-    # Decoding steps of rows already finished: a batch runs until its longest output ends.
-    steps = [(c.chats * max(c.completion_tokens, default=0), sum(c.completion_tokens)) for c in meter.calls]
-    computed = sum(s for s, _ in steps)
     return {
         "variant": args.variant, "backend": spec["backend"], "batch": batch, "questions": len(records),
         "seconds": t.wall, "seconds_per_question": t.wall / len(records),
         "cpu_seconds_per_question": t.cpu / len(records),
         "questions_per_second": len(records) / t.wall,
-        "finished_row_steps": (computed - sum(n for _, n in steps)) / computed if computed else None,
+        "finished_row_steps": finished_row_share(meter.calls),
         "settings": run_settings(backend, command=[]),
         "generated_tokens_per_second": usage["completion_tokens"] / t.wall,
         "prompt_tokens_per_second": usage["prompt_tokens"] / t.wall,
