@@ -32,6 +32,13 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+# The thread settings of the `dynamicrag` command (OMP_WAIT_POLICY=PASSIVE unless set, and
+# $DYNAMICRAG_THREADS), before any script imports torch, so the figures are those of the
+# defaults users get; a variant that measures another policy sets it in its child's environment.
+from dynamicrag.runtime import set_thread_env_defaults  # noqa: E402
+
+set_thread_env_defaults()
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 DATA = Path(os.environ.get("DYNAMICRAG_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -355,12 +362,15 @@ def write_result(name: str, result: dict[str, Any], args: argparse.Namespace) ->
     quick = bool(getattr(args, "quick", False))
     path = getattr(args, "json", None) or RESULTS / f"{name}{'.quick' if quick else ''}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
+    from dynamicrag.run_settings import run_settings
+
     record = {
         "benchmark": name,
         "quick": quick,
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "machine": machine_info(),
+        "settings": run_settings(),  # version and thread settings; scripts with a model add its backend
         **result,
     }
     path.write_text(json.dumps(_finite(record), indent=2, allow_nan=False) + "\n")
@@ -471,6 +481,11 @@ class UsageMeter:
     def count_tokens(self, chat: Any) -> int:
         return self.backend.count_tokens(chat)
 
+    def describe(self) -> dict[str, Any]:
+        from dynamicrag.run_settings import describe_backend
+
+        return describe_backend(self.backend)
+
     def generate(self, chats: Sequence[Any], params: Any) -> list:
         start = time.perf_counter()
         out = self.backend.generate(chats, params)
@@ -492,6 +507,22 @@ class UsageMeter:
             "prompt_tokens": sum(sum(c.prompt_tokens) for c in self.calls),
             "completion_tokens": sum(sum(c.completion_tokens) for c in self.calls),
         }
+
+
+def finished_row_share(calls: Sequence[Call]) -> float | None:
+    """Share of the decoding row-steps of batched calls spent on rows that had finished.
+
+    A batch decodes until its longest output ends, so a row that finished early still goes
+    through every later step: ``sum(rows x longest - each row's tokens) / sum(rows x longest)``
+    over the calls. Exact when each call is one model batch (its chats <= the backend's batch
+    size), as in ``throughput.py``.
+
+    Returns:
+        The share, or None when nothing was generated.
+    """
+    computed = sum(c.chats * max(c.completion_tokens, default=0) for c in calls)
+    needed = sum(sum(c.completion_tokens) for c in calls)
+    return (computed - needed) / computed if computed else None
 
 
 def reduction_trace(selection: Any, n_passages: int, window: int, style: Any) -> dict[str, Any] | None:
@@ -546,3 +577,30 @@ def reduction_summary(selections: Sequence[Any], n_passages: int, window: int, s
         "no_final_call": sum(t["final_window"] == 0 for t in ok),
         "unreadable": len(found) - len(ok),
     }
+
+
+def int8_backend(fp32: Any, batch_size: int = 8) -> Any:
+    """A transformers backend on an int8 dynamically quantised copy of ``fp32``'s model.
+
+    ``torch.ao`` eager dynamic quantisation of the linear layers (deprecated in torch, kept
+    here to measure it), lm_head untied from the embedding first so the embedding table stays
+    fp32. A benchmark variant, not a backend option.
+    """
+    import copy
+    import threading
+    import warnings
+
+    import torch
+    from torch.ao.quantization import quantize_dynamic
+
+    from dynamicrag.llm.transformers_backend import TransformersBackend
+
+    lm = copy.deepcopy(fp32.lm)
+    lm.lm_head.weight = torch.nn.Parameter(lm.lm_head.weight.detach().clone(), requires_grad=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao eager quantisation is deprecated
+        quantized = quantize_dynamic(lm, {torch.nn.Linear}, dtype=torch.qint8)
+    llm = TransformersBackend(fp32.model, dtype="float32", batch_size=batch_size)
+    llm.lm, llm._lock = quantized, threading.Lock()  # a copy of its own, not the shared model
+    llm.dtype_reason = "int8 dynamic (torch.ao quantize_dynamic, linear layers; lm_head untied)"
+    return llm

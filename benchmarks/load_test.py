@@ -74,6 +74,9 @@ class SyntheticBackend:
     def count_tokens(self, chat) -> int:
         return sum(len(m["content"].split()) for m in chat)
 
+    def describe(self) -> dict:
+        return {"name": self.name, "model": self.model, "latency_s": self.latency_s}
+
     def generate(self, chats, params):
         from dynamicrag.llm.base import Completion
 

@@ -1,26 +1,32 @@
-"""Throughput of the ``infer`` path: one by one vs batched, and per backend.
+"""Throughput of the ``infer`` path: one by one vs batched, the default backend vs the old one.
 
     python benchmarks/throughput.py                  # full: 100 questions, every variant
     python benchmarks/throughput.py --quick          # smoke run, about two minutes
-    python benchmarks/throughput.py --variants transformers-b1,transformers-b8
+    python benchmarks/throughput.py --variants transformers-b1,transformers-b8,transformers-fp32-b1,transformers-fp32-b8
 
-Each variant answers the same first --questions shared NQ questions end to end, as
-``dynamicrag infer --index`` does: BM25 top --top-n over the shared NQ corpus (3600
-passages), the dynamic reranker (decoding constrained to the id grammar unless ``--free``: the
-untrained bundled model otherwise writes no usable id list and most questions would skip the
-generator), then the generator (--max-new-tokens, 200 as in the paper), all on the bundled
-SmolLM2-135M-Instruct.
+Each variant answers the same NQ questions end to end, as ``dynamicrag infer --index`` does:
+questions --skip .. --skip + --questions of the shared NQ set (0-99 by default, +1 for the
+warm-up), BM25 top --top-n over the shared NQ corpus (3600 passages), the dynamic reranker
+(decoding constrained to the id grammar unless ``--free``: the untrained bundled model
+otherwise writes no usable id list and most questions would skip the generator), then the
+generator (--max-new-tokens, 200 as in the paper), all on the bundled SmolLM2-135M-Instruct.
 
 Variants (``--variants``, comma-separated):
 
-* ``transformers-b1``: transformers backend, one question at a time (batch 1).
-* ``transformers-b8`` / ``transformers-b16``: batches of 8 / 16 questions (the backend's
-  batch size matches, so each LLM call runs them in one padded forward batch).
+* ``transformers-b1``: the default transformers backend (issue 18's kept settings: bf16 on a
+  CPU with native bf16, shared-prefix KV cache, prompts prefilled one at a time, and
+  OMP_WAIT_POLICY=PASSIVE as the CLI sets it), one question at a time (batch 1).
+* ``transformers-b8`` / ``transformers-b16``: the same, batches of 8 / 16 questions (the
+  backend's batch size matches, so each LLM call runs them in one batch).
+* ``transformers-fp32-b1`` / ``transformers-fp32-b8``: the backend as it was before issue 18
+  (fp32, no prefix cache, padded batch prefill, OpenMP's default wait policy), for the
+  before/after of the same run.
 * ``llamacpp``: the llama.cpp backend on the bundled Q4_1 GGUF as shipped (no fp32
   conversion); it answers one prompt at a time, so batching does not apply. With the
   backend's default threads llama-cpp-python generates on cpu_count // 2 threads;
   ``llamacpp-allcores`` passes ``n_threads=os.cpu_count()``. Skipped with a note when
-  ``import llama_cpp`` fails (extra ``[llamacpp]``).
+  ``import llama_cpp`` fails (extra ``[llamacpp]``; this machine's PyPI has no binary wheel
+  of llama-cpp-python, so it needs a compiler to install).
 * ``openai-b16``: the OpenAI-compatible HTTP backend against the project's own server
   (``dynamicrag.serve.create_openai_app``) on loopback, which serves the transformers backend
   (batch 16) and gathers concurrent requests into one batch; 16 questions per pipeline batch,
@@ -29,10 +35,13 @@ Variants (``--variants``, comma-separated):
 
 Every variant runs in its own subprocess, so peak RSS (from ``os.wait4``) is that variant's
 alone. Model load and one warm-up question are timed apart and excluded from the rates.
-Reported: questions/s, generated and prompt tokens/s (reranker + generator, as the backend
-reports them), CPU seconds per question, load seconds, failed records, mean k, peak RSS, and
-the batched/one-by-one speedup (target: at least 2x). Prints a markdown table last and writes
-JSON.
+Reported: seconds and CPU seconds per question, questions/s, generated and prompt tokens/s
+(reranker + generator, as the backend reports them), load seconds, failed records, mean k,
+peak RSS, the share of decoding steps spent on rows that had already finished (a batch
+decodes until its longest answer ends), and the checks of issue 18: at most 3.0 s per
+question for ``transformers-b8`` (infer's default batch) and batch 8 at least 1.3x faster per
+question than batch 1, each with the old backend's figure beside it. Prints a markdown table
+last and writes JSON (with each variant's backend settings).
 """
 
 from __future__ import annotations
@@ -50,6 +59,7 @@ from _common import (
     Timer,
     UsageMeter,
     add_common_args,
+    finished_row_share,
     fmt,
     log,
     markdown_table,
@@ -62,16 +72,24 @@ from _common import (
     write_result,
 )
 
+from dynamicrag.run_settings import run_settings
+
+# The backend before issue 18: fp32, no prefix cache, the padded batch encoded in one pass,
+# OpenMP's own wait policy (an empty OMP_WAIT_POLICY is treated as unset).
+OLD = {"options": {"dtype": "float32", "prefix_cache": False, "prefill": "batch"}, "env": {"OMP_WAIT_POLICY": ""}}
 VARIANTS = {
     "transformers-b1": {"backend": "transformers", "batch": 1},
     "transformers-b8": {"backend": "transformers", "batch": 8},
     "transformers-b16": {"backend": "transformers", "batch": 16},
+    "transformers-fp32-b1": {"backend": "transformers", "batch": 1, **OLD},
+    "transformers-fp32-b8": {"backend": "transformers", "batch": 8, **OLD},
     "llamacpp": {"backend": "llamacpp", "batch": 8},
     "llamacpp-allcores": {"backend": "llamacpp", "batch": 8, "n_threads": os.cpu_count()},
     "openai-b16": {"backend": "openai", "batch": 16},
 }
 QUICK = {"questions": 1, "top_n": 2, "max_new_tokens": 4, "corpus_limit": 500,
-         "variants": "transformers-b1,transformers-b8,llamacpp-allcores,openai-b16"}
+         "variants": "transformers-b1,transformers-b8,transformers-fp32-b8,llamacpp-allcores,openai-b16"}
+TARGET_S_PER_QUESTION, TARGET_BATCH_SPEEDUP = 3.0, 1.3  # issue 18, at top-10 on this machine
 
 
 def load(spec: dict):
@@ -79,7 +97,7 @@ def load(spec: dict):
     from dynamicrag.llm import load_backend
 
     if spec["backend"] == "transformers":
-        return load_backend("transformers", batch_size=spec["batch"]), None
+        return load_backend("transformers", batch_size=spec["batch"], **spec.get("options", {})), None
     if spec["backend"] == "llamacpp":
         return load_backend("llamacpp", n_threads=spec.get("n_threads")), None
     from dynamicrag.serve.openai_server import BackgroundServer, create_openai_app
@@ -101,9 +119,9 @@ def child(args: argparse.Namespace) -> dict:
 
     spec = VARIANTS[args.variant]
     batch = spec["batch"]
-    setup = nq_setup(args, extra_questions=1)
+    setup = nq_setup(args, extra_questions=1 + args.skip)
     # Without their own passages, so the pipeline retrieves (as spine.py and `infer --index`).
-    questions = [ex.model_copy(update={"passages": []}) for ex in setup.examples]
+    questions = [ex.model_copy(update={"passages": []}) for ex in setup.examples[args.skip:]]
     with Timer() as loading:
         backend, server = load(spec)
     meter = UsageMeter(backend)
@@ -126,8 +144,11 @@ def child(args: argparse.Namespace) -> dict:
     ok = [r for r in records if not r["error"]]
     return {
         "variant": args.variant, "backend": spec["backend"], "batch": batch, "questions": len(records),
-        "seconds": t.wall, "cpu_seconds_per_question": t.cpu / len(records),
+        "seconds": t.wall, "seconds_per_question": t.wall / len(records),
+        "cpu_seconds_per_question": t.cpu / len(records),
         "questions_per_second": len(records) / t.wall,
+        "finished_row_steps": finished_row_share(meter.calls),
+        "settings": run_settings(backend, command=[]),
         "generated_tokens_per_second": usage["completion_tokens"] / t.wall,
         "prompt_tokens_per_second": usage["prompt_tokens"] / t.wall,
         "llm_requests": usage["requests"], "load_seconds": loading.wall, "warmup_seconds": warmup.wall,
@@ -138,13 +159,14 @@ def child(args: argparse.Namespace) -> dict:
 
 def run_variant(name: str, args: argparse.Namespace) -> tuple[dict | None, list[str]]:
     """One variant in a fresh subprocess: its figures with the child's own peak RSS, and notes."""
-    shared = ["--questions", str(args.questions), "--top-n", str(args.top_n),
+    shared = ["--questions", str(args.questions), "--skip", str(args.skip), "--top-n", str(args.top_n),
               "--max-new-tokens", str(args.max_new_tokens)]
     shared += ["--free"] if args.free else []
     shared += ["--corpus-limit", str(args.corpus_limit)] if args.corpus_limit else []
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        run = run_child([sys.executable, __file__, "--variant", name, "--child-out", str(out), *shared])
+        env = {**os.environ, **VARIANTS[name].get("env", {})}
+        run = run_child([sys.executable, __file__, "--variant", name, "--child-out", str(out), *shared], env=env)
         if run.returncode != 0 or not out.is_file():
             return None, [f"{name}: failed (exit {run.returncode}): {run.error_tail()}"]
         row = json.loads(out.read_text())
@@ -158,6 +180,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(ap, questions=100)
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"Comma-separated, of {sorted(VARIANTS)}")
+    ap.add_argument("--skip", type=int, default=0, help="Start at this NQ question (e.g. 100 for questions 100-199)")
     ap.add_argument("--top-n", type=int, default=10, help="Passages retrieved for the reranker")
     ap.add_argument("--max-new-tokens", type=int, default=200, help="Generator's answer cap (paper: 200)")
     ap.add_argument("--variant", choices=sorted(VARIANTS), help=argparse.SUPPRESS)  # child mode
@@ -184,37 +207,72 @@ def main() -> None:
         notes += more
 
     by_name = {r["variant"]: r for r in rows}
-    batched = [r for r in rows if r["backend"] == "transformers" and r["batch"] > 1]
+    checks = issue18_checks(by_name)
     speedup = None
+    batched = [r for r in rows if r["backend"] == "transformers" and r["batch"] > 1 and "fp32" not in r["variant"]]
     if "transformers-b1" in by_name and batched:
         best = max(batched, key=lambda r: r["questions_per_second"])
         speedup = {"variant": best["variant"],
                    "times_b1": best["questions_per_second"] / by_name["transformers-b1"]["questions_per_second"]}
     result = {
-        "model": f"{MODEL_NAME}; transformers fp32, llama.cpp Q4_1 GGUF",
-        "questions": args.questions, "top_n": args.top_n, "max_new_tokens": args.max_new_tokens,
-        "constrained": not args.free, "rows": rows, "batched_speedup": speedup, "notes": notes,
+        "model": f"{MODEL_NAME}; transformers (default settings unless the variant says fp32), llama.cpp Q4_1 GGUF",
+        "questions": args.questions, "skip": args.skip, "top_n": args.top_n, "max_new_tokens": args.max_new_tokens,
+        "constrained": not args.free, "rows": rows, "batched_speedup": speedup, "issue18": checks, "notes": notes,
     }
     path = write_result("throughput", result, args)
 
     print_header(
         args,
-        f"`infer` path: {args.questions} NQ questions (+1 warm-up), BM25 top-{args.top_n} of the shared NQ corpus, "
-        f"dynamic reranker ({'free' if args.free else 'constrained'} decoding), generator cap {args.max_new_tokens} "
-        f"tokens; each variant in its own process; JSON: {path}",
+        f"`infer` path: NQ questions {args.skip}-{args.skip + args.questions - 1} (+1 warm-up), BM25 top-{args.top_n} "
+        f"of the shared NQ corpus, dynamic reranker ({'free' if args.free else 'constrained'} decoding), generator cap "
+        f"{args.max_new_tokens} tokens; each variant in its own process; JSON: {path}",
         *[f"- {note}" for note in notes],
-        f"Batched vs one by one (target >= 2x): {speedup['variant']} is {speedup['times_b1']:.2f}x transformers-b1"
-        if speedup else "Batched vs one by one: not measured in this run",
+        *[f"- {line}" for line in checks["lines"]],
     )
     print(markdown_table(
-        ["variant", "batch", "questions/s", "generated tok/s", "prompt tok/s", "CPU s/question", "load s", "failed",
-         "mean k", "peak RSS MB"],
+        ["variant", "batch", "s/question", "CPU s/question", "questions/s", "generated tok/s", "prompt tok/s",
+         "finished-row decode steps", "load s", "failed", "mean k", "peak RSS MB"],
         [[r["variant"], r["batch"] if r["backend"] != "llamacpp" else "1 (sequential)",
-          f"{r['questions_per_second']:.3f}", f"{r['generated_tokens_per_second']:.1f}",
-          f"{r['prompt_tokens_per_second']:.0f}", f"{r['cpu_seconds_per_question']:.1f}", f"{r['load_seconds']:.1f}",
-          f"{r['failed']}/{r['questions']}", fmt(r["mean_k"]), f"{r['peak_rss_mb']:.0f}"]
+          f"{r['seconds_per_question']:.2f}", f"{r['cpu_seconds_per_question']:.1f}", f"{r['questions_per_second']:.3f}",
+          f"{r['generated_tokens_per_second']:.1f}", f"{r['prompt_tokens_per_second']:.0f}",
+          percent(r.get("finished_row_steps")), f"{r['load_seconds']:.1f}", f"{r['failed']}/{r['questions']}", fmt(r["mean_k"]),
+          f"{r['peak_rss_mb']:.0f}"]
          for r in rows],
     ))
+
+
+def percent(share: float | None) -> str:
+    return "-" if share is None else f"{100 * share:.0f}%"
+
+
+def issue18_checks(by_name: dict[str, dict]) -> dict:
+    """Issue 18's two checks, on the default backend, with the old backend's figures beside them.
+
+    Returns:
+        ``s_per_question`` (transformers-b8), ``batch_speedup`` (b8 over b1, per question),
+        their ``old`` values (the fp32 variants), whether each target is ``met``, and
+        printable ``lines``.
+    """
+    def spq(name: str) -> float | None:
+        return by_name[name]["seconds_per_question"] if name in by_name else None
+
+    def ratio(b1: str, b8: str) -> float | None:
+        return spq(b1) / spq(b8) if spq(b1) and spq(b8) else None
+
+    out = {
+        "s_per_question": spq("transformers-b8"), "s_per_question_old": spq("transformers-fp32-b8"),
+        "batch_speedup": ratio("transformers-b1", "transformers-b8"),
+        "batch_speedup_old": ratio("transformers-fp32-b1", "transformers-fp32-b8"),
+    }
+    out["s_per_question_met"] = out["s_per_question"] is not None and out["s_per_question"] <= TARGET_S_PER_QUESTION
+    out["batch_speedup_met"] = out["batch_speedup"] is not None and out["batch_speedup"] >= TARGET_BATCH_SPEEDUP
+    out["lines"] = [
+        f"s/question at batch 8 (target <= {TARGET_S_PER_QUESTION:.1f}): {fmt(out['s_per_question'])} "
+        f"(old backend: {fmt(out['s_per_question_old'])}): {'met' if out['s_per_question_met'] else 'NOT met'}",
+        f"batch 8 vs batch 1, per question (target >= {TARGET_BATCH_SPEEDUP}x): {fmt(out['batch_speedup'])}x "
+        f"(old backend: {fmt(out['batch_speedup_old'])}x): {'met' if out['batch_speedup_met'] else 'NOT met'}",
+    ]
+    return out
 
 
 if __name__ == "__main__":

@@ -31,6 +31,9 @@ class ScriptedBackend:
     def count_tokens(self, chat: Chat) -> int:
         return sum(len(m["content"].split()) for m in chat)
 
+    def describe(self) -> dict:
+        return {"name": self.name, "model": self.model}
+
     def generate(self, chats, params: SamplingParams):
         out = []
         for chat in chats:

@@ -84,3 +84,37 @@ def test_quick_results_never_overwrite_full_ones(tmp_path, monkeypatch):
     record = json.loads(full.read_text())
     assert record["quick"] is False and record["mean"] is None  # strict JSON: NaN as null
     assert json.loads(quick.read_text())["quick"] is True
+
+
+def test_finished_row_share_counts_the_steps_of_rows_already_done():
+    calls = [_common.Call(chats=2, prompt_tokens=[9, 9], completion_tokens=[10, 2], seconds=1.0),
+             _common.Call(chats=1, prompt_tokens=[9], completion_tokens=[5], seconds=1.0)]
+    # 2 x 10 + 1 x 5 = 25 steps computed, 17 needed: 8 spent on the row that stopped at 2.
+    assert _common.finished_row_share(calls) == pytest.approx(8 / 25)
+    assert _common.finished_row_share([]) is None
+
+
+def test_issue18_checks_compare_the_default_backend_with_the_old_one():
+    import throughput
+
+    rows = {name: {"seconds_per_question": s} for name, s in
+            [("transformers-b1", 4.0), ("transformers-b8", 2.5), ("transformers-fp32-b1", 7.0), ("transformers-fp32-b8", 8.0)]}
+    checks = throughput.issue18_checks(rows)
+    assert checks["s_per_question"] == 2.5 and checks["s_per_question_met"]
+    assert checks["batch_speedup"] == pytest.approx(1.6) and checks["batch_speedup_met"]
+    assert checks["batch_speedup_old"] == pytest.approx(7 / 8)
+    rows["transformers-b8"]["seconds_per_question"] = 3.5  # slower than the target, and < 1.3x b1
+    checks = throughput.issue18_checks(rows)
+    assert not checks["s_per_question_met"] and not checks["batch_speedup_met"]
+    assert "NOT met" in checks["lines"][0] and "old backend: 8.00" in checks["lines"][0]
+    assert not throughput.issue18_checks({})["s_per_question_met"]  # nothing measured: not met
+
+
+def test_paired_ci_of_the_match_difference():
+    import dtype_quality
+
+    assert dtype_quality.paired_ci([1, 0, 1], [1, 0, 1]) == (0.0, 0.0, 0.0)
+    a = [1.0] * 50 + [0.0] * 50
+    b = [1.0] * 50 + [1.0] * 10 + [0.0] * 40  # 10 more right answers of 100
+    diff, low, high = dtype_quality.paired_ci(a, b)
+    assert diff == pytest.approx(0.10) and 0 < low < 0.10 < high < 0.2

@@ -142,7 +142,8 @@ def test_one_base_serves_both_roles_with_the_shipped_adapter_on_for_the_reranker
     from dynamicrag.schema import Example, Passage
 
     monkeypatch.setattr(adapters, "shipped_adapters", lambda: {"tiny-reranker": tiny_adapter})
-    pipeline = build_pipeline(PipelineConfig(reranker_max_tokens=12, answer_max_tokens=8))
+    fp32 = {"backend_options": {"dtype": "float32"}}  # the fixture's base (the default is bf16 on CPUs with it)
+    pipeline = build_pipeline(PipelineConfig(reranker=fp32, generator=fp32, reranker_max_tokens=12, answer_max_tokens=8))
     reranker, generator = pipeline.reranker, pipeline.generator
     assert reranker.backend.lm is generator.backend.lm is smollm.lm  # one base in memory
     assert reranker.backend.adapter_name == "tiny-reranker" and generator.backend is smollm
@@ -152,5 +153,5 @@ def test_one_base_serves_both_roles_with_the_shipped_adapter_on_for_the_reranker
     passages = [Passage(id=str(i), title=f"t{i}", text=f"Passage {i} " + "word " * 50) for i in range(1, 8)]
     [record] = pipeline.run([Example(id="q", question="Which passage?", passages=passages)])
     assert len(record["passages"]) == 5 and record["well_formed"]  # top_n 5, constrained
-    untrained = build_pipeline(PipelineConfig(reranker={"adapter": "none"}))
+    untrained = build_pipeline(PipelineConfig(reranker={"adapter": "none", **fp32}, generator=fp32))
     assert untrained.reranker.backend is smollm and untrained.reranker.passage_words is None

@@ -6,10 +6,12 @@ import gzip
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from dynamicrag.cli import app
 from dynamicrag.data import read_jsonl
+from dynamicrag.llm.transformers_backend import choose_dtype
 
 runner = CliRunner()
 RECORD_FIELDS = {"id", "question", "answers", "task", "passages", "selected", "reranker_output", "answer", "error"}
@@ -39,12 +41,35 @@ def test_infer_writes_one_well_formed_record_per_question_and_resumes(shared_dat
     questions = shared_data / "nq" / "flashrag_nq_test.jsonl"  # no passages of their own
     out = tmp_path / "results.jsonl"
     args = ["infer", "--input", questions, "--output", out, "--index", nq_index, "--top-n", "5", "--batch-size", "2", *FAST]
-    invoke(*args, "--limit", "2")
+    started = invoke(*args, "--limit", "2")
     first = [r for _, r in read_jsonl(out)]
-    result = invoke(*args, "--limit", "3")  # resumes: only the third question runs
-    assert "resuming: 2 of 3" in result.output
+    # The backend's dtype is printed once and recorded with the rest of the run's settings.
+    dtype, reason = choose_dtype("auto", "cpu")
+    assert " ".join(started.output.split()).count(f"transformers backend: {reason}") == 1
+    settings = json.loads((tmp_path / "results.jsonl.settings.json").read_text())
+    for role in ("reranker", "generator"):  # one base model, both roles on it
+        described = settings["backends"][role]
+        assert described["dtype"] == str(dtype).removeprefix("torch.") and described["batch_size"] == 8
+        assert described["prefix_cache"] is True and described["adapter"] == settings["roles"][role]["adapter"]
+    assert settings["threads"]["OMP_WAIT_POLICY"] and settings["run"]["batch_size"] == 2
+    assert settings["reranker"]["class"] == "DynamicReranker" and settings["reranker"]["max_new_tokens"] == 24
+    assert settings["generator"]["max_new_tokens"] == 24 and settings["generator"]["style"] == "default"
+    assert settings["pipeline"]["top_n"] == 5 and settings["dynamicrag"] and settings["command"]
+    # Another backend batch size changes speed, not records: resumed, and recorded.
+    result = invoke(*args, "--limit", "3", "--backend-option", "batch_size=4")
+    assert "resuming: 2 of 3" in result.output and "error" not in result.output
     records = [r for _, r in read_jsonl(out)]
     assert records[:2] == first and len(records) == 3
+    assert json.loads((tmp_path / "results.jsonl.settings.json").read_text())["backends"]["generator"]["batch_size"] == 4
+    # Another dtype decides the records: refused, the records kept.
+    if dtype is not torch.float32:
+        before = out.read_bytes()
+        changed = runner.invoke(app, [str(a) for a in (*args, "--limit", "4", "--backend-option", "dtype=float32")])
+        message = " ".join(changed.output.split())
+        assert changed.exit_code == 2 and "transformers backend: fp32 (dtype=float32)" in message
+        assert f"3 records written with other settings (backends.generator.dtype: {str(dtype)[6:]} -> float32" in message
+        assert out.read_bytes() == before
+    records = records[:3]
     src = [json.loads(line) for line in questions.read_text().splitlines()[:3]]
     for record, source in zip(records, src):
         assert RECORD_FIELDS <= set(record)
@@ -148,7 +173,9 @@ def test_evaluate_reports_failed_records_and_writes_json_and_plots(shared_data, 
 
 
 @pytest.mark.parametrize(
-    "option, message", [("batch_size", "KEY=VALUE"), ("no_such_option=1", "backend 'transformers'")]
+    "option, message",
+    [("batch_size", "KEY=VALUE"), ("no_such_option=1", "backend 'transformers'"),
+     ("dtype=float8", "dtype must be 'auto' or one of")],
 )
 def test_bad_backend_options_are_clear_errors(shared_data, tmp_path, option, message):
     result = runner.invoke(app, [

@@ -109,7 +109,7 @@ def test_run_resumable_refuses_other_input_other_settings_and_unknown_settings(t
     items = [{"id": f"i{n}", "n": n} for n in range(3)]
     out = tmp_path / "out.jsonl"
     run_resumable(items[:2], out, 2, records_factory, settings={"model": "a", "k": [1, 2]})
-    assert settings_path(out) == tmp_path / "out.settings.json" and settings_path(out).exists()
+    assert settings_path(out) == tmp_path / "out.jsonl.settings.json" and settings_path(out).exists()
     before = out.read_bytes()
     with pytest.raises(ResumeError, match=r"out.jsonl, line 1: record id 'i0', but input record 1 of this run is 'i1'"):
         run_resumable(items[1:], out, 2, records_factory, settings={"model": "a", "k": [1, 2]})
@@ -117,6 +117,55 @@ def test_run_resumable_refuses_other_input_other_settings_and_unknown_settings(t
         run_resumable(items, out, 2, records_factory, settings={"model": "b", "k": (1, 3)})
     assert run_resumable(items, out, 2, records_factory, settings={"k": (1, 2), "model": "a"}) == 1  # tuples = lists
     settings_path(out).unlink()  # a file from before settings were kept
-    with pytest.raises(ResumeError, match="3 records written without out.settings.json, so their settings are unknown"):
+    with pytest.raises(ResumeError, match="3 records written without out.jsonl.settings.json, so their settings are unknown"):
         run_resumable(items, out, 2, records_factory, settings={"model": "a", "k": [1, 2]})
     assert out.read_bytes().startswith(before)
+
+
+def test_resuming_compares_the_settings_that_decide_records_and_records_the_rest(tmp_path, caplog):
+    """One settings file per output: model, dtype or a section's values must match; the
+    version, command line, date, threads and a backend's speed options may change."""
+    from dynamicrag.executors import ResumeError, run_resumable, settings_path
+    from dynamicrag.run_settings import run_settings
+
+    items = [{"id": f"i{n}", "n": n} for n in range(4)]
+    out = tmp_path / "out.jsonl"
+    backend = {"name": "transformers", "model": "m", "dtype": "float32", "batch_size": 8, "threads": 2,
+               "prefix_cache": True, "torch": "2.0"}
+
+    def settings(command, **backend_changes):
+        return run_settings(backends={"generator": {**backend, **backend_changes}}, command=command,
+                            run={"batch_size": 2}, generator={"max_new_tokens": 8})
+
+    run_resumable(items[:2], out, 2, records_factory, settings=settings(["first"]))
+    # Other threads, batch size, caches, library version and command line: resumed, and recorded.
+    faster = settings(["second"], batch_size=1, threads=1, prefix_cache=False, torch="2.1")
+    assert run_resumable(items[:3], out, 2, records_factory, settings=faster) == 1
+    assert "batch_size: 8 -> 1" in caplog.text and "command" not in caplog.text
+    stored = json.loads(settings_path(out).read_text())
+    assert stored["command"] == ["second"] and stored["backends"]["generator"]["threads"] == 1
+    before = out.read_bytes()
+    # Another dtype or decoding setting decides the records: refused, whatever the command line.
+    with pytest.raises(ResumeError, match=r"other settings \(backends\.generator\.dtype: float32 -> bfloat16\)"):
+        run_resumable(items, out, 2, records_factory, settings=settings(["first"], dtype="bfloat16"))
+    with pytest.raises(ResumeError, match=r"generator\.max_new_tokens: 8 -> 16"):
+        run_resumable(items, out, 2, records_factory, settings={**settings(["first"]), "generator": {"max_new_tokens": 16}})
+    assert out.read_bytes() == before
+    # Settings given as a callable are built only when there is work left (they may load a model).
+    built = []
+    assert run_resumable(items[:3], out, 2, records_factory, settings=lambda: built.append(1)) == 0 and built == []
+
+
+def test_a_benchmark_run_whose_settings_file_predates_the_output_named_file_resumes(tmp_path):
+    """Benchmark runs kept ``NAME.settings.json`` before the one settings file per output:
+    it is read when resuming them, and the new file is written beside it."""
+    from dynamicrag.executors import ResumeError, run_resumable, settings_path
+
+    items = [{"id": f"i{n}", "n": n} for n in range(3)]
+    out = tmp_path / "top-3.jsonl"
+    run_resumable(items[:2], out, 2, records_factory, settings={"k": 3})
+    settings_path(out).rename(tmp_path / "top-3.settings.json")
+    with pytest.raises(ResumeError, match=r"k: 3 -> 4"):
+        run_resumable(items, out, 2, records_factory, settings={"k": 4})
+    assert run_resumable(items, out, 2, records_factory, settings={"k": 3}) == 1
+    assert json.loads(settings_path(out).read_text()) == {"k": 3}

@@ -28,6 +28,15 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from dynamicrag.runtime import set_thread_env_defaults
+
+# Before anything loads torch: OpenMP reads OMP_WAIT_POLICY once (PASSIVE unless set; see
+# dynamicrag.runtime and benchmarks/speed_work.py for why).
+try:
+    set_thread_env_defaults()
+except ValueError:
+    pass  # a bad $DYNAMICRAG_THREADS: the --threads option (its envvar) reports it
+
 app = typer.Typer(
     help="DynamicRAG: retrieve, let an LLM reranker choose the passages (order and number), answer.",
     no_args_is_help=True,
@@ -121,6 +130,18 @@ WorkerGpusOpt = typer.Option(
 )
 
 
+@app.callback()
+def main(
+    threads: Optional[int] = typer.Option(
+        None, "--threads", envvar="DYNAMICRAG_THREADS", min=1,
+        help="CPU threads for torch and OpenMP (default: one per core); OMP_WAIT_POLICY is PASSIVE unless set",
+    ),
+) -> None:
+    """DynamicRAG: retrieve, let an LLM reranker choose the passages (order and number), answer."""
+    if threads is not None:
+        set_thread_env_defaults(threads)
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not verbose:
@@ -185,7 +206,48 @@ def _backend_spec(name: str, model: str | None, base_url: str | None, options: l
         _fail(f"backend {name!r}: {err}")
     if model and Path(model).exists():
         model = str(Path(model).resolve())  # a Ray worker may not share this working directory
-    return {"name": name, "model": model, **kwargs}
+    spec = {"name": name, "model": model, **kwargs}
+    _announce_backend(spec)
+    return spec
+
+
+def _dtype_reason(spec: dict, what: str) -> str | None:
+    """What a transformers backend of ``spec`` will run in, e.g. "bf16 (CPU has avx512_bf16)"
+    (the choice the backend makes when it loads); None for other backends."""
+    if spec["name"] != "transformers":
+        return None
+    from dynamicrag.llm.transformers_backend import choose_dtype
+
+    try:
+        return choose_dtype(spec.get("dtype", "auto"), spec.get("device", "cpu"))[1]
+    except ValueError as err:
+        _fail(f"{what} 'transformers': {err}")
+
+
+def _announce_backend(spec: dict) -> None:
+    """Print "transformers backend: <dtype and why>" for one backend spec."""
+    reason = _dtype_reason(spec, "backend")
+    if reason:
+        console.print(f"transformers backend: {reason}")
+
+
+def _announce_roles(config) -> None:
+    """Print what the roles' transformers backends run in: once when both say the same, else per role."""
+    from dynamicrag.build import LLM_RERANKERS
+
+    reasons = {}
+    for role in ("reranker", "generator"):
+        section = getattr(config, role)
+        if role == "reranker" and config.kind not in LLM_RERANKERS:
+            continue  # no reranker LLM loads
+        reason = _dtype_reason({"name": section.backend, **section.backend_options}, f"{role} backend")
+        if reason:
+            reasons[role] = reason
+    if len(set(reasons.values())) == 1:
+        console.print(f"transformers backend: {next(iter(reasons.values()))}")
+    else:
+        for role, reason in reasons.items():
+            console.print(f"{role}: transformers backend: {reason}")
 
 
 def _index_path(index_dir: Path | None) -> str | None:
@@ -243,6 +305,7 @@ def _pipeline_config(
         adapter = getattr(config, role).adapter
         if adapter != "none":
             console.print(f"{role}: adapter {adapter}")
+    _announce_roles(config)
     return config
 
 
@@ -268,9 +331,14 @@ def _executor(kind: ExecutorKind, address: str | None, workers: int, worker_gpus
     return make_executor("ray", address=address, num_workers=workers, num_gpus_per_worker=worker_gpus)
 
 
-def _run_resumable(stage: str, items: list, output: Path, batch_size: int, fn_factory, executor) -> int:
+def _run_resumable(
+    stage: str, items: list, output: Path, batch_size: int, fn_factory, executor, settings=None
+) -> int:
     """:func:`dynamicrag.executors.run_resumable` with a progress bar; an output of other
-    input is an error. Returns how many items this run processed."""
+    input, or of settings that decide the records differently, is an error. ``settings``: the
+    run's settings, or a callable returning them (called only when there is work to do: it may
+    load the models), kept in ``<output>.settings.json``. Returns how many items this run
+    processed."""
     from dynamicrag.executors import ResumeError, run_resumable
 
     with Progress(TextColumn(stage), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console) as progress:
@@ -285,10 +353,41 @@ def _run_resumable(stage: str, items: list, output: Path, batch_size: int, fn_fa
             progress.update(bar, completed=done)
 
         try:
-            return run_resumable(items, output, batch_size, fn_factory, executor, on_progress=show)
+            return run_resumable(items, output, batch_size, fn_factory, executor, settings=settings, on_progress=show)
         except ResumeError as err:
             progress.stop()
             _fail(str(err))
+
+
+def _stage_settings(roles, local: bool, fn_factory=None, **sections) -> dict:
+    """A stage's run settings (see :mod:`dynamicrag.run_settings`): each role's backend's
+    ``describe()`` where the batches run in this process (loaded here once: ``load_backend``
+    and ``load_index`` hand the same objects to the batches), with the reranker's and the
+    generator's own settings when ``fn_factory()`` returns a pipeline's ``run``; on Ray, each
+    role's backend spec (the workers load it). ``roles`` is the resolved pipeline config."""
+    from dynamicrag.build import LLM_RERANKERS, role_backend, role_settings
+    from dynamicrag.run_settings import run_settings
+
+    specs = {}
+    for role in ("reranker", "generator"):
+        config = getattr(roles, role)
+        specs[role] = {"name": config.backend, "model": config.model, "base_url": config.base_url,
+                       "adapter": None if config.adapter == "none" else config.adapter, **config.backend_options}
+    llm_reranker = roles.kind in LLM_RERANKERS
+    if not llm_reranker:
+        del specs["reranker"]  # no reranker LLM runs (top-k, pointwise, ...): nothing to describe
+    sections = {"roles": role_settings(roles), **sections}
+    if not local:
+        return run_settings(backends={role: {**spec, "described": "no (loaded on the Ray workers)"}
+                                      for role, spec in specs.items()}, **sections)
+    try:
+        backends = {role: role_backend(getattr(roles, role)) for role in specs}
+        pipeline = getattr(fn_factory(), "__self__", None) if fn_factory is not None else None
+    except (TypeError, ValueError, FileNotFoundError) as err:
+        _fail(str(err))
+    if pipeline is not None:
+        sections = {"reranker": pipeline.reranker, "generator": pipeline.generator, **sections}
+    return run_settings(backends=backends, **sections)
 
 
 # The stages' batch functions are built by these factories where the batches run: in this
@@ -523,9 +622,13 @@ def infer(
     infer_fn = partial(_infer_fn, config, _index_path(index_dir))
 
     start = time.perf_counter()
-    ran = _run_resumable(
-        "infer", examples, output, batch_size, infer_fn, _executor(executor, ray_address, workers, worker_gpus)
+    run_on = _executor(executor, ray_address, workers, worker_gpus)
+    settings = partial(
+        _stage_settings, config, executor is ExecutorKind.local, infer_fn,
+        pipeline={**config.model_dump(exclude={"reranker", "generator"}), "index": infer_fn.args[1]},
+        run={"batch_size": batch_size, "executor": executor.value, "workers": workers},
     )
+    ran = _run_resumable("infer", examples, output, batch_size, infer_fn, run_on, settings=settings)
     _print_summary(output, ran, time.perf_counter() - start)
 
 
@@ -1084,8 +1187,13 @@ def sample(
     sample_fn = partial(_sample_fn, roles, _index_path(index_dir), config)
 
     start = time.perf_counter()
+    settings = partial(
+        _stage_settings, roles, executor is ExecutorKind.local, sample=config, index=sample_fn.args[1],
+        run={"batch_size": batch_size, "executor": executor.value, "workers": workers},
+    )
     ran = _run_resumable(
-        "sample", examples, output, batch_size, sample_fn, _executor(executor, ray_address, workers, worker_gpus)
+        "sample", examples, output, batch_size, sample_fn, _executor(executor, ray_address, workers, worker_gpus),
+        settings=settings,
     )
     elapsed = time.perf_counter() - start
     records = [r for _, r in read_jsonl(output)]

@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from dynamicrag.run_settings import settings_path  # where run_resumable keeps an output's settings
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -266,13 +268,6 @@ class ResumeError(ValueError):
     would mix two runs in one file."""
 
 
-def settings_path(output: str | Path) -> Path:
-    """Where :func:`run_resumable` keeps the settings an output was written with:
-    ``runs/top-3.jsonl`` -> ``runs/top-3.settings.json``."""
-    output = Path(output)
-    return output.with_name(f"{output.stem}.settings.json")
-
-
 def _item_id(item: Any) -> Any:
     return item.get("id") if isinstance(item, dict) else getattr(item, "id", None)
 
@@ -298,36 +293,35 @@ def check_resumed_ids(items: Sequence[Any], written_ids: Sequence[str | None], o
             )
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict) and value:
-        return {k: v for key, sub in value.items() for k, v in _flatten(sub, f"{prefix}{key}.").items()}
-    return {prefix.rstrip("."): value}
+def _check_settings(output: Path, settings: Mapping[str, Any], done: int, todo: int) -> None:
+    """Refuse to append to records written with settings that decide the records differently;
+    write this run's settings when it has work to do (see :mod:`dynamicrag.run_settings`)."""
+    from dynamicrag.data import atomic_write_json
+    from dynamicrag.run_settings import changed_settings, compared_settings, legacy_settings_path
 
-
-def _check_settings(output: Path, settings: Mapping[str, Any], done: int) -> None:
-    """Refuse to append to records written with other settings; record them for a new output."""
     # Through JSON and back, so that what is compared is what the file holds (tuples -> lists).
     wanted = json.loads(json.dumps(settings, sort_keys=True))
     path = settings_path(output)
-    if not done:
-        from dynamicrag.data import atomic_write_json
-
+    if done:
+        stored_at = path if path.exists() else legacy_settings_path(output)
+        if not stored_at.exists():
+            raise ResumeError(
+                f"{output}: {done} records written without {path.name}, so their settings are unknown; "
+                "move the file away (or choose another output) to run it again"
+            )
+        stored = json.loads(stored_at.read_text("utf-8"))
+        changed = changed_settings(compared_settings(stored), compared_settings(wanted))
+        if changed:
+            raise ResumeError(
+                f"{output}: {done} records written with other settings ({'; '.join(changed)}); "
+                "move the file away (or choose another output) to run it with these"
+            )
+        recorded = changed_settings(stored, wanted)
+        if recorded and todo:
+            logger.warning("%s: resuming with other recorded settings than the run before (%s); they change "
+                           "speed, not records; %s now holds this run's", output, "; ".join(recorded), path.name)
+    if todo or not done:
         atomic_write_json(path, wanted)
-        return
-    if not path.exists():
-        raise ResumeError(
-            f"{output}: {done} records written without {path.name}, so their settings are unknown; "
-            "move the file away (or choose another output) to run it again"
-        )
-    stored = json.loads(path.read_text("utf-8"))
-    if stored != wanted:
-        old, new = _flatten(stored), _flatten(wanted)
-        changed = [f"{key}: {old.get(key, '(unset)')} -> {new.get(key, '(unset)')}"
-                   for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
-        raise ResumeError(
-            f"{output}: {done} records written with other settings ({'; '.join(changed)}); "
-            "move the file away (or choose another output) to run it with these"
-        )
 
 
 def run_resumable(
@@ -337,7 +331,7 @@ def run_resumable(
     fn_factory: FnFactory,
     executor: Executor | None = None,
     *,
-    settings: Mapping[str, Any] | None = None,
+    settings: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> int:
     """Run a stage's batch function over the items not yet in ``output``, appending the records
@@ -346,7 +340,8 @@ def run_resumable(
     The one resume path of every stage (``retrieve``, ``infer``, ``label``, ``sample``,
     ``reward``) and of the benchmark runs. Before anything runs, the records already written
     are checked to be those of the first items (by id) and, when ``settings`` are given, to
-    have been written with the same settings (kept beside the output, see :func:`settings_path`).
+    have been written with the same settings where they decide the records (kept beside the
+    output with the run's other settings, see :mod:`dynamicrag.run_settings`).
 
     Args:
         items: The inputs, in output order (dicts or objects with an ``id``).
@@ -354,7 +349,13 @@ def run_resumable(
         batch_size: Items per batch.
         fn_factory: Builds the batch function where the batches run (see :class:`Executor`).
         executor: Where the batches run (closed at the end); None: this process.
-        settings: What decides the records' content (JSON-serialisable); None: not checked.
+        settings: The run's settings (JSON-serialisable; see
+            :func:`~dynamicrag.run_settings.run_settings`), written to
+            ``<output>.settings.json``. Those that decide the records
+            (:func:`~dynamicrag.run_settings.compared_settings`) must equal the stored ones when
+            resuming; the recorded-only ones (version, command, threads, speed options) may
+            change. A callable is called only when there are items to run (describing a run
+            may load its model); then a finished output is not checked. None: not checked.
         on_progress: Called with (records in the output, len(items)) once before the first
             batch and after each batch.
 
@@ -370,9 +371,11 @@ def run_resumable(
     output = Path(output)
     with executor or InProcessExecutor() as running, ResumableJsonlWriter(output) as writer:
         check_resumed_ids(items, writer.ids, output)
-        if settings is not None:
-            _check_settings(output, settings, writer.done)
         todo = items[writer.done :]
+        if callable(settings):
+            settings = settings() if todo else None
+        if settings is not None:
+            _check_settings(output, settings, writer.done, len(todo))
         if on_progress:
             on_progress(writer.done, len(items))
         for records in running.map_batches(fn_factory, todo, batch_size):

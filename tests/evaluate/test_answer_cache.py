@@ -79,3 +79,19 @@ def test_a_generator_adapter_and_its_files_are_part_of_the_fingerprint(tmp_path)
     assert generator_fingerprint(ScriptedBackend(), 8, adapter=str(adapter)) == tuned  # or named by the caller
     (adapter / "adapter_model.safetensors").write_bytes(b"1" * 6)  # retrained in place
     assert generator_fingerprint(backend, 8) != tuned
+
+
+def test_the_dtype_a_generator_computes_in_is_part_of_the_fingerprint():
+    """``dtype=auto`` became bf16 on CPUs with native bf16 (issue 18): answers cached in fp32
+    must not be reused in bf16, so the dtype the backend describes counts, not the option."""
+    class Described(ScriptedBackend):
+        def __init__(self, dtype):
+            super().__init__()
+            self.dtype = dtype
+
+        def describe(self):
+            return {**super().describe(), "dtype": self.dtype, "batch_size": 8}
+
+    fp32 = generator_fingerprint(Described("float32"), 8)
+    assert fp32 == generator_fingerprint(ScriptedBackend(), 8)  # caches written in fp32 keep their keys
+    assert generator_fingerprint(Described("bfloat16"), 8) == {**fp32, "dtype": "bfloat16"}

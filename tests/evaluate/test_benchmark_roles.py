@@ -63,7 +63,7 @@ def test_a_row_runs_its_own_reranker_adapter_with_the_manifests_settings(data, a
         records = [json.loads(line) for line in (data / "out" / "runs" / "qa" / f"{row}.jsonl").read_text().splitlines()]
         assert [r["selected"] for r in records] == ([[2]] * 3 if row == "dynamic" else [[]] * 3)
         assert all(r["generator_calls"] + r["generator_reused"] == 1 for r in records)
-    saved = json.loads((data / "out" / "runs" / "qa" / "dynamic-adapter.settings.json").read_text())
+    saved = json.loads((data / "out" / "runs" / "qa" / "dynamic-adapter.jsonl.settings.json").read_text())
     assert saved["reranker_role"]["adapter"] == str(adapter.resolve())
     assert saved["reranker_role"]["adapter_files"] is not None  # a retrained adapter is another setting
 

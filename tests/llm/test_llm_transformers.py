@@ -10,6 +10,7 @@ import torch
 from dynamicrag.llm import SamplingParams, load_backend
 from dynamicrag.llm.constrain import is_complete, is_valid_prefix
 from dynamicrag.llm.transformers_backend import TransformersBackend, _IdListConstraint
+from dynamicrag.runtime import cpu_bf16_flag
 
 pytestmark = pytest.mark.slow
 
@@ -47,10 +48,15 @@ def reranker_chats(shared_data):
 
 def test_fixture_is_the_shared_transformers_backend(smollm):
     assert smollm.name == "transformers"
-    assert load_backend("transformers") is smollm
+    assert load_backend("transformers", dtype="float32") is smollm
     # A second backend object on the same model shares the loaded weights.
-    assert TransformersBackend(batch_size=2).lm is smollm.lm
+    assert TransformersBackend(batch_size=2, dtype="float32").lm is smollm.lm
     assert "<|im_start|>" in smollm.tokenizer.chat_template
+    described = smollm.describe()
+    assert described["dtype"] == "float32" and described["dtype_reason"] == "fp32 (dtype=float32)"
+    assert described["threads"] == torch.get_num_threads() and described["batch_size"] == 8
+    assert described["prefix_cache"] is True and described["model"] == smollm.model
+    json.dumps(described)  # plain values, for the run's settings file
 
 
 def test_greedy_is_deterministic_and_batching_matches_one_by_one(smollm):
@@ -145,3 +151,181 @@ def test_token_counts_and_finish_reasons(smollm):
     assert 1 < done.completion_tokens < 24
     assert "<|im_end|>" not in done.text
     assert smollm.generate([], SamplingParams()) == []
+
+
+@pytest.fixture(scope="module")
+def nq_chats(shared_data):
+    """Reranker and generator prompts of the project's default style over 8 real NQ questions
+    (BM25 top 5, passages cut to 30 words to keep the prompts short: 300-400 tokens)."""
+    from dynamicrag.data import load_corpus, load_examples
+    from dynamicrag.pipeline import with_passages
+    from dynamicrag.prompts import generator_chat, load_style, reranker_chat
+    from dynamicrag.retrieve import BM25Retriever
+
+    nq = shared_data / "nq"
+    examples = load_examples(nq / "nq-open-oracle.jsonl.gz")[:8]
+    corpus = load_corpus(nq / "nq-open-oracle.jsonl.gz")[:500] + load_corpus(nq / "flashrag_wiki_sample.jsonl")[:500]
+    examples = with_passages(examples, BM25Retriever.build(corpus, show_progress=False), 5, retrieve=True)
+    style = load_style("default")
+    rerank = [reranker_chat(style, ex.question, ex.passages, passage_words=30) for ex in examples]
+    short = [[p.model_copy(update={"text": " ".join(p.text.split()[:30])}) for p in ex.passages] for ex in examples]
+    generate = [generator_chat(style, ex.question, short[i][: 1 + i % 3], ex.task) for i, ex in enumerate(examples)]
+    return rerank, generate
+
+
+def test_prefix_cache_and_row_prefill_give_the_plain_batchs_greedy_outputs(smollm, nq_chats):
+    """Reusing the shared system-prompt KV and encoding each prompt alone must not change a
+    greedy token (fp32): the same text as generate over the left-padded batch, batched and
+    one by one, with and without the id grammar."""
+    rerank, generate = nq_chats
+    plain = TransformersBackend(dtype="float32", prefix_cache=False, prefill="batch")
+    cached = TransformersBackend(dtype="float32", batch_size=4)  # defaults: prefix cache, rows
+    assert cached.lm is plain.lm
+    cached.clear_prefix_cache()  # one cache per loaded model: earlier tests' prompts are in it
+    ids = SamplingParams(max_new_tokens=12, id_list_max=5)
+    text = SamplingParams(max_new_tokens=16)
+    expected_ids = [c[0].text for c in plain.generate(rerank, ids)]
+    expected_text = [c[0].text for c in plain.generate(generate, text)]
+    assert [c[0].text for c in cached.generate(rerank, ids)] == expected_ids
+    assert [c[0].text for c in cached.generate(generate, text)] == expected_text
+    prefixes = cached._prefixes
+    assert len(prefixes) == 2 and prefixes.misses == 2  # one shared prefix per role, computed once
+    # The reranker's prefix is its system prompt and chat header, not a question's words.
+    lengths = sorted(len(e.tokens) for entries in prefixes._entries.values() for e in entries)
+    system = cached.encode(rerank[0][:1] + [{"role": "user", "content": ""}])
+    assert lengths[-1] >= len(system) - 8 and lengths[-1] < min(len(cached.encode(c)) for c in rerank)
+    # One prompt at a time (a batch of one), the cached prefixes serve every call.
+    hits = prefixes.hits
+    assert [cached.generate([c], text)[0][0].text for c in generate[:3]] == expected_text[:3]
+    assert prefixes.hits == hits + 3 and prefixes.misses == 2
+    # Token counts are those of the prompts, whatever the layout.
+    [[one]] = cached.generate(rerank[:1], ids)
+    assert one.prompt_tokens == cached.count_tokens(rerank[0])
+
+
+def test_static_kv_cache_gives_the_same_greedy_outputs(smollm, nq_chats):
+    rerank, generate = nq_chats
+    static = TransformersBackend(dtype="float32", kv_cache="static")
+    params = SamplingParams(max_new_tokens=16)
+    assert [c[0].text for c in static.generate(generate[:4], params)] == \
+        [c[0].text for c in smollm.generate(generate[:4], params)]
+
+
+def test_a_prefix_cached_without_the_adapter_is_not_reused_with_it(smollm, nq_chats, tiny_adapter, tmp_path):
+    """The roles design: one loaded base, a generator view without adapter and a reranker view
+    with a LoRA adapter switched on per call, sharing the model's prefix cache. The prefix KV
+    depends on the weights: computed by the generator's view (adapter off), it must not serve
+    the reranker's view (adapter on), else its answers mix two models."""
+    from tiny_lora import linked_copy
+
+    rerank, _ = nq_chats
+    folder = linked_copy(tiny_adapter, tmp_path / "prefix-reranker", name="prefix-reranker")
+    params = SamplingParams(max_new_tokens=8)
+    # References without any cache: the base model, and the base with the adapter on.
+    without = [c[0].text for c in TransformersBackend(dtype="float32", prefix_cache=False, prefill="batch")
+               .generate(rerank[:2], params)]
+    uncached = TransformersBackend(dtype="float32", prefix_cache=False, prefill="batch", adapter=str(folder))
+    with_adapter = [c[0].text for c in uncached.generate(rerank[:2], params)]
+    assert with_adapter != without  # the adapter matters for these prompts
+
+    generator = TransformersBackend(dtype="float32", batch_size=4)  # no adapter; prefix cache on
+    reranker = TransformersBackend(dtype="float32", adapter=str(folder))
+    assert reranker.lm is generator.lm is smollm.lm and reranker._prefixes is generator._prefixes
+    generator.clear_prefix_cache()
+    assert [c[0].text for c in generator.generate(rerank[:2], params)] == without
+    assert [c[0].text for c in reranker.generate(rerank[:2], params)] == with_adapter
+    assert [c[0].text for c in generator.generate(rerank[:2], params)] == without
+    prefixes = generator._prefixes
+    assert prefixes.misses == 2 and prefixes.hits == 1  # one prefix per adapter state, each computed once
+    assert sorted(prefixes._entries) == [(), (("prefix-reranker",),)]
+    assert reranker._prefix_cache_key() == ()  # at rest every adapter is off
+
+    # Keyed on nothing, the generator's prefix would serve the reranker's calls.
+    generator.clear_prefix_cache()
+    unkeyed = TransformersBackend(dtype="float32", adapter=str(folder), batch_size=2)
+    unkeyed._prefix_cache_key = generator._prefix_cache_key = lambda: None
+    try:
+        generator.generate(rerank[:2], params)
+        assert [c[0].text for c in unkeyed.generate(rerank[:2], params)] != with_adapter
+    finally:
+        del generator._prefix_cache_key
+        generator.clear_prefix_cache()
+
+
+@pytest.mark.skipif(cpu_bf16_flag() is None, reason="no native bf16 here: the default dtype is fp32")
+def test_default_bf16_stays_within_tolerance_of_fp32(smollm, nq_chats):
+    """The default dtype (bf16 on this CPU) against fp32 on 16 real prompts.
+
+    Tolerance: bf16 keeps 8 mantissa bits (relative rounding 2^-9 per operation). Over 30
+    layers the next-token log-probabilities move by about 0.1-0.3 nats (measured on NQ
+    prompts; computing in fp32 between the bf16 products, as autocast does, measured no
+    better), so (1) fp32's 20 most likely next tokens keep their log-probabilities within
+    0.75 nats, and (2) the most likely token is the same wherever fp32 ranks it first by more
+    than that. (3) Greedy decoding follows one branch: where the two best tokens are closer
+    than the rounding, bf16 may take the other one, and everything after it differs. The
+    untrained model's id lists are full of such near ties (stop after ``[2]`` or go on), so
+    on these 8 short reranker prompts the first token (``None`` or the first id) must agree
+    on all and the whole list on at least 5; ``benchmarks/dtype_quality.py`` measures the
+    share of identical selections on NQ 0-199, the figure issue 18 asks for (>= 95 %).
+    """
+    rerank, generate = nq_chats
+    bf16 = TransformersBackend()
+    assert bf16.dtype is torch.bfloat16 and bf16.describe()["dtype_reason"].startswith("bf16 (CPU has")
+    for chat in rerank + generate:
+        ids = torch.tensor([smollm.encode(chat)])
+        with torch.inference_mode():
+            ref = smollm.lm(input_ids=ids, logits_to_keep=1).logits[0, -1].float().log_softmax(-1)
+            low = bf16.lm(input_ids=ids, logits_to_keep=1).logits[0, -1].float().log_softmax(-1)
+        top = ref.topk(20)
+        assert (ref - low)[top.indices].abs().max() <= 0.75
+        if top.values[0] - top.values[1] > 0.75:
+            assert low.argmax() == top.indices[0]
+    params = SamplingParams(max_new_tokens=12, id_list_max=5)
+    pairs = [(a[0].text, b[0].text) for a, b in zip(smollm.generate(rerank, params), bf16.generate(rerank, params))]
+    assert all(a[:3] == b[:3] for a, b in pairs), pairs  # "Non" or "[i]": keep anything, and what first
+    assert sum(a == b for a, b in pairs) >= 5, pairs
+
+
+def test_prefix_cache_learns_each_roles_shared_prefix_and_encodes_it_once():
+    """The cache's bookkeeping on token lists (no model): what is encoded, when, under which key."""
+    from dynamicrag.llm.transformers_backend import _PrefixCache
+
+    encoded = []
+
+    def encode(tokens, base):
+        start = len(base.tokens) if base else 0
+        encoded.append((len(tokens), start))
+        kv = torch.arange(len(tokens), dtype=torch.float32).view(1, 1, -1, 1)
+        return [(kv, kv)]
+
+    role_a = list(range(100, 160))  # 60 shared tokens (a system prompt)
+    role_b = list(range(500, 540))  # another role's 40
+    a = [role_a + [1000 + i, 7, 8, i] for i in range(6)]
+    b = [role_b + [2000 + i, 9, i] for i in range(6)]
+    cache = _PrefixCache(min_tokens=32)
+    # A batch: its common prefix is encoded once and serves it.
+    first = cache.lookup("base", a[:2], encode)
+    assert first.tokens == tuple(role_a) and encoded == [(60, 0)]
+    assert cache.lookup("base", a[2:4], encode) is first and cache.hits == 1
+    # Batches of one, roles alternating: each role's prefix is learnt from its last prompts.
+    assert cache.lookup("base", [b[0]], encode) is None  # nothing to compare with yet
+    assert cache.lookup("base", [a[4]], encode) is first
+    entry_b = cache.lookup("base", [b[1]], encode)
+    assert entry_b.tokens == tuple(role_b) and encoded[-1] == (40, 0)
+    assert cache.lookup("base", [b[2]], encode) is entry_b and len(cache) == 2
+    # Another weights state (adapter) never sees these entries.
+    assert cache.lookup("adapter", b[3:5], encode).tokens == tuple(role_b) and encoded[-1] == (40, 0)
+    # A batch that shares less than an entry holds cuts it back, without encoding anything.
+    shorter = [role_a[:45] + [3000 + i] * 5 for i in range(2)]
+    n = len(encoded)
+    cut = cache.lookup("base", shorter, encode)
+    assert cut.tokens == tuple(role_a[:45]) and cut.kv[0][0].shape[2] == 45 and len(encoded) == n
+    # Prompts that share more than the entry extend it: only the new part is encoded.
+    longer = cache.lookup("base", [role_a + list(range(40)) + [i] for i in range(2)], encode)
+    assert len(longer.tokens) == 100 and encoded[-1] == (100, 45)
+    # A prompt shares at most all but its last token; too little shared: no prefix.
+    assert cache.lookup("base", [[1, 2, 3], [1, 2, 4]], encode) is None
+    # Bounded: the least recently used entries go first.
+    for k in range(4):
+        cache.lookup(f"other{k}", [[k] * 40 + [1], [k] * 40 + [2]], encode)
+    assert len(cache) == 4 and not cache._entries["base"]

@@ -46,7 +46,7 @@ def reranker_view(smollm, base_before, tiny_adapter, tmp_path_factory):
     folder = linked_copy(tiny_adapter, tmp_path_factory.mktemp("lora") / "timed", name="timed-reranker")
     rss = psutil.Process().memory_info().rss
     start = time.perf_counter()
-    view = TransformersBackend(adapter=str(folder))
+    view = TransformersBackend(adapter=str(folder), dtype="float32")  # the fixture's base
     seconds = time.perf_counter() - start
     return view, seconds, psutil.Process().memory_info().rss - rss
 
@@ -122,10 +122,10 @@ def test_two_adapters_on_one_base_each_with_its_own_name(smollm, base_before, re
     (other / "adapter_config.json").write_text((tiny_adapter / "adapter_config.json").read_text())
     weights = load_file(str(tiny_adapter / "adapter_model.safetensors"))
     save_file({k: -v if "lora_B" in k else v for k, v in weights.items()}, str(other / "adapter_model.safetensors"))
-    second = TransformersBackend(adapter=str(other))
+    second = TransformersBackend(adapter=str(other), dtype="float32")
     assert second.lm is smollm.lm and second.adapter_name == "negated"
     assert attached_adapters(smollm.lm)[str(other.resolve())] == "negated"
-    assert TransformersBackend(adapter=str(other)).adapter_name == "negated"  # attached once
+    assert TransformersBackend(adapter=str(other), dtype="float32").adapter_name == "negated"  # attached once
     outputs = texts(second)
     assert outputs != texts(view) and outputs != base_before[0]
     assert texts(smollm) == base_before[0]
@@ -135,4 +135,4 @@ def test_not_an_adapter_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="adapter folder not found: .*missing"):
         check_adapter_folder(tmp_path / "missing")
     with pytest.raises(ValueError, match=f"{tmp_path}.*no adapter_config.json"):
-        TransformersBackend(adapter=str(tmp_path))
+        TransformersBackend(adapter=str(tmp_path), dtype="float32")

@@ -149,12 +149,14 @@ def test_utility_config_defaults_and_errors():
 def test_the_real_generator_prefers_the_passage_holding_the_answer(shared_data, nq, smollm):
     """On real NQ training questions, the gold passage beats an unrelated one for SmolLM2."""
     from dynamicrag.data import load_examples
+    from dynamicrag.llm.transformers_backend import choose_dtype
 
     questions = load_examples(shared_data / "nq" / "nq-open-oracle.jsonl.gz", skip=203, limit=4)
     unrelated = nq.passages[-1]  # a Wikipedia-sample passage about something else
     examples = [q.model_copy(update={"passages": [unrelated, q.passages[0]]}) for q in questions]
     teacher = make_teacher(LabelConfig(scorer="utility", top_n=2))
-    assert teacher.backend is smollm  # the bundled model, shared with the other tests
+    # The bundled model in the default dtype (bf16 on CPUs with native bf16; the fixture is fp32).
+    assert teacher.backend.model == smollm.model and teacher.backend.dtype is choose_dtype("auto", "cpu")[0]
     results = teacher.label(examples)
     for q, r in zip(questions, results):
         assert r.utilities[1] > r.utilities[0], (q.question, r.utilities)

@@ -205,8 +205,13 @@ def _run_settings(
     fingerprint of the generator role (backend, model, adapter, decoding); the prompt style
     counts by its content. A row whose reranker runs an LLM adds that role as resolved
     (backend, model, adapter and its files, prompt style, and the adapter manifest's
-    constrained / passage_words / top_n where the row leaves them unset).
+    constrained / passage_words / top_n where the row leaves them unset, and the dtype a
+    transformers reranker computes in when not fp32, see :func:`_reranker_dtype`). The
+    version, command line and threads are recorded beside them (not compared, see
+    :mod:`dynamicrag.run_settings`).
     """
+    from dynamicrag.run_settings import run_settings
+
     configured = (config.generator.prompt_style if config.generator else None) or config.prompt_style
     settings = {
         "benchmark": bench.model_dump(exclude_defaults=True, exclude={"limit"}),
@@ -223,8 +228,26 @@ def _run_settings(
         )
         if role["adapter"]:
             role["adapter_files"] = local_files(role["adapter"])
+        dtype = _reranker_dtype(pipeline)
+        if dtype:
+            role["dtype"] = dtype
         settings["reranker_role"] = role
-    return settings
+    return {**run_settings(), **settings}
+
+
+def _reranker_dtype(pipeline: PipelineConfig) -> str | None:
+    """The dtype the reranker role's transformers backend will compute in, unless fp32 (left
+    out, so that runs written before the dtype was recorded, all fp32 on CPU, stay valid);
+    None for other backends. Found without loading: ``"auto"`` is bf16 on CPUs with native
+    bf16 since issue 18, so the configured name alone does not tell."""
+    role = pipeline.reranker
+    if role.backend != "transformers":
+        return None
+    from dynamicrag.llm.transformers_backend import choose_dtype
+
+    options = role.backend_options
+    dtype = str(choose_dtype(options.get("dtype", "auto"), options.get("device", "cpu"))[0]).removeprefix("torch.")
+    return None if dtype == "float32" else dtype
 
 
 def _batch_factory(
@@ -275,7 +298,7 @@ def run_benchmark(
 
     Every run goes through :func:`dynamicrag.executors.run_resumable`, the resume path of the
     CLI stages: an interrupted benchmark picks up where it stopped, and a run file written from
-    other input or with other settings (kept in ``{run}.settings.json``) is refused, never
+    other input or with other settings (kept in ``{run}.jsonl.settings.json``) is refused, never
     appended to. Generator answers go through one answer cache
     (``answer_cache.jsonl``, :mod:`dynamicrag.evaluate.answer_cache`), so a prompt any row
     already asked (top-k, oracle, gold rows share many) is never asked again, and a rerun

@@ -78,6 +78,12 @@ class Backend(Protocol):
         """Prompt tokens of ``chat`` after the chat template (used to fit windows)."""
         ...
 
+    def describe(self) -> dict:
+        """The settings that change this backend's outputs or speed (name, model, dtype,
+        device, threads, batch size, ...), as plain JSON values; recorded in each run's
+        settings (:mod:`dynamicrag.run_settings`)."""
+        ...
+
 
 @runtime_checkable
 class StreamingBackend(Protocol):

@@ -61,7 +61,19 @@ class LlamaCppBackend:
         self.model = str(path)
         self.llm = self._llama_cpp.Llama(model_path=self.model, n_ctx=n_ctx, n_threads=n_threads,
                                          verbose=False, **llama_kwargs)
+        self._settings = {"n_ctx": n_ctx, "n_threads": n_threads, **llama_kwargs}
         self._grammar = None
+
+    def describe(self) -> dict[str, Any]:
+        """The ``llama_cpp.Llama`` settings (quantisation is the GGUF file's own)."""
+        return {
+            "name": self.name,
+            "model": self.model,
+            "batch_size": 1,  # one prompt at a time
+            **{k: v if isinstance(v, (bool, int, float, str, type(None))) else repr(v)
+               for k, v in self._settings.items()},
+            "llama_cpp": getattr(self._llama_cpp, "__version__", None),
+        }
 
     def generate(self, chats: Sequence[Chat], params: SamplingParams) -> list[list[Completion]]:
         """Return ``params.n`` completions for each chat, in input order (one at a time)."""

@@ -128,7 +128,9 @@ class OpenAIBackend:
         self.model = model
         self.timeout = timeout
         self.max_concurrency = max_concurrency
+        self.max_retries = max_retries
         self.guided_decoding = guided_decoding
+        self.tokenizer_name = tokenizer
         self.client = OpenAI(
             base_url=base_url,
             api_key=api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY",
@@ -142,6 +144,19 @@ class OpenAIBackend:
             from dynamicrag.llm.models import resolve_model
 
             self._tokenizer = AutoTokenizer.from_pretrained(resolve_model(tokenizer))
+
+    def describe(self) -> dict[str, Any]:
+        """The client's settings (the server's own model settings are not visible from here)."""
+        return {
+            "name": self.name,
+            "model": self.model,
+            "base_url": self.base_url,
+            "guided_decoding": self.guided_decoding,
+            "max_concurrency": self.max_concurrency,
+            "timeout": self.timeout,
+            "max_retries": self.max_retries,
+            "tokenizer": self.tokenizer_name,
+        }
 
     def count_tokens(self, chat: Chat) -> int:
         """Prompt tokens of ``chat``: exact with a local tokenizer, else ``chars / 4`` (estimate)."""

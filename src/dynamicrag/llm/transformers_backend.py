@@ -17,6 +17,7 @@ import dataclasses
 import inspect
 import logging
 import threading
+from collections import OrderedDict, deque
 from collections.abc import Hashable, Iterator, Sequence
 from typing import Any
 
@@ -26,6 +27,7 @@ from dynamicrag.llm.base import Chat, Completion, SamplingParams
 from dynamicrag.llm.constrain import is_complete, is_valid_prefix
 from dynamicrag.llm.lora import adapter_active, attach_adapter
 from dynamicrag.llm.models import resolve_model
+from dynamicrag.runtime import apply_threads, cpu_bf16_flag, thread_settings
 
 logger = logging.getLogger(__name__)
 
@@ -34,23 +36,54 @@ _MODELS_LOCK = threading.Lock()
 # One lock per loaded model: generate() from several threads (a thread pool, the server) runs
 # one call at a time, as the seeded RNG and a CPU's cores are shared anyway.
 _GENERATE_LOCKS: dict[int, threading.Lock] = {}
+# One prompt-prefix KV cache per loaded model (id of the model), shared by every backend on it
+# (the reranker's view with its adapter, the generator's without) and used under its generate
+# lock; entries are keyed by the adapter state that computed them (_prefix_cache_key).
+_PREFIX_CACHES: dict[int, _PrefixCache] = {}
 
 # Every character the id grammar can produce: "None", "[12], [3]".
 _GRAMMAR_CHARS = frozenset("[]0123456789, None")
 
 
-def _torch_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype:
+_DTYPE_NAMES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+_SHORT_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def choose_dtype(dtype: str | torch.dtype = "auto", device: str = "cpu") -> tuple[torch.dtype, str]:
+    """The dtype a model runs in, and why, e.g. ``(torch.bfloat16, "bf16 (CPU has avx512_bf16)")``.
+
+    ``"auto"`` on CPU is bf16 where the CPU multiplies bf16 natively (AVX512-BF16 or AMX: half
+    the memory traffic and faster products; ``benchmarks/speed_work.py`` measures the gain and
+    ``benchmarks/dtype_quality.py`` the outputs against fp32) and fp32 elsewhere (emulated bf16
+    is slower than fp32); on a GPU it is bf16, or fp16 without bf16.
+
+    Args:
+        dtype: ``"auto"``, a name (``"float32"``, ``"bf16"``, ...) or a ``torch.dtype``.
+        device: Torch device string.
+
+    Raises:
+        ValueError: Unknown dtype name.
+    """
     if isinstance(dtype, torch.dtype):
-        return dtype
+        return dtype, f"{_SHORT_NAMES.get(dtype, str(dtype))} (dtype={dtype})"
     if dtype == "auto":
         if device.startswith("cuda") and torch.cuda.is_available():
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32  # half precision on CPU is slower and less exact
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-    if dtype not in names:
-        raise ValueError(f"dtype must be 'auto' or one of {sorted(names)}, got {dtype!r}")
-    return names[dtype]
+            if torch.cuda.is_bf16_supported():
+                return torch.bfloat16, "bf16 (GPU supports bf16)"
+            return torch.float16, "fp16 (GPU without bf16)"
+        flag = cpu_bf16_flag() if device == "cpu" else None
+        if flag is not None:
+            return torch.bfloat16, f"bf16 (CPU has {flag})"
+        return torch.float32, "fp32 (no native bf16 on this device: no avx512_bf16 or amx_bf16)"
+    if dtype not in _DTYPE_NAMES:
+        raise ValueError(f"dtype must be 'auto' or one of {sorted(_DTYPE_NAMES)}, got {dtype!r}")
+    chosen = _DTYPE_NAMES[dtype]
+    return chosen, f"{_SHORT_NAMES[chosen]} (dtype={dtype})"
+
+
+def _torch_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype:
+    return choose_dtype(dtype, device)[0]
 
 
 def load_model_and_tokenizer(
@@ -64,8 +97,8 @@ def load_model_and_tokenizer(
     Args:
         model: Anything :func:`~dynamicrag.llm.models.resolve_model` accepts.
         device: Torch device string.
-        dtype: ``"auto"`` (fp32 on CPU, bf16/fp16 on GPU), a name like ``"bfloat16"``, or a
-            ``torch.dtype``.
+        dtype: ``"auto"`` (see :func:`choose_dtype`: bf16 on CPUs with native bf16, else
+            fp32; bf16/fp16 on GPU), a name like ``"float32"``, or a ``torch.dtype``.
 
     Returns:
         ``(model, tokenizer)``: the model in eval mode on ``device``; the tokenizer padding on
@@ -74,10 +107,11 @@ def load_model_and_tokenizer(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model(model)
-    torch_dtype = _torch_dtype(dtype, device)
+    torch_dtype, reason = choose_dtype(dtype, device)
     key = (path, device, str(torch_dtype))
     with _MODELS_LOCK:
         if key not in _MODELS:
+            logger.info("transformers backend: %s", reason)
             logger.info("Loading %s on %s (%s)", path, device, torch_dtype)
             tokenizer = AutoTokenizer.from_pretrained(path)
             if not tokenizer.chat_template:
@@ -160,6 +194,127 @@ def _seeded(seed: int | None, device: str) -> Iterator[None]:
         yield
 
 
+def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token sequences."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _joinable(config: Any) -> bool:
+    """Whether per-row KV caches of this model can be joined into one batch cache: every layer
+    is a plain growing cache (no sliding window, no recurrent state)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    try:
+        return all(type(layer) is DynamicLayer for layer in DynamicCache(config=config).layers)
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return False
+
+
+@dataclasses.dataclass
+class _Prefix:
+    """A token prefix and its KV cache: per layer ``(keys, values)`` of shape (1, kv_heads, len, dim)."""
+
+    tokens: tuple[int, ...]
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
+
+    def cropped(self, length: int) -> _Prefix:
+        """The first ``length`` tokens (``self`` when that is all of them). The KV of a prefix
+        does not depend on what follows it (causal attention); copied, so the longer tensors
+        can be freed."""
+        if length >= len(self.tokens):
+            return self
+        kv = [(k[:, :, :length].clone(), v[:, :, :length].clone()) for k, v in self.kv]
+        return _Prefix(self.tokens[:length], kv)
+
+
+class _PrefixCache:
+    """KV caches of the token prefixes that prompts share, per weights state (adapter).
+
+    The prompts of one role start alike: the chat template's header and the role's system
+    prompt (about 170 tokens of each reranker prompt here). Which tokens are shared is learnt
+    from the prompts themselves: the longest common token prefix of a batch, or, for a batch
+    of one, of that prompt and the most similar of the last few seen under the same key. An entry is computed
+    once and cut back (never recomputed) when a later batch shares less of it, so entries
+    settle on what every prompt of a role has in common. Written by hand because transformers
+    has no prefix cache for ``generate``; vLLM's automatic prefix caching is the same idea.
+
+    Args:
+        max_entries: Prefixes kept (least recently used dropped first); one per role and adapter
+            is the usual need.
+        min_tokens: Shorter shared prefixes are not worth a separate pass.
+    """
+
+    def __init__(self, max_entries: int = 4, min_tokens: int = 32) -> None:
+        self.max_entries = max_entries
+        self.min_tokens = min_tokens
+        self._entries: OrderedDict[Hashable, list[_Prefix]] = OrderedDict()
+        # The last prompts seen per key: batches of one learn their prefix from them (a few,
+        # as roles alternate: reranker, generator, reranker, ...).
+        self._recent: dict[Hashable, deque[list[int]]] = {}
+        self.hits = self.misses = 0  # batches served from a cached prefix / that computed one
+
+    def __len__(self) -> int:
+        return sum(len(entries) for entries in self._entries.values())
+
+    def clear(self) -> None:
+        """Drop every entry and the prompts seen, and reset the counters."""
+        self._entries.clear()
+        self._recent.clear()
+        self.hits = self.misses = 0
+
+    def lookup(self, key: Hashable, prompts: list[list[int]], encode) -> _Prefix | None:
+        """The cached prefix to start ``prompts`` from, or None when they share too little.
+
+        Args:
+            key: The weights state (see ``TransformersBackend._prefix_cache_key``).
+            prompts: Token ids of a batch's prompts.
+            encode: ``(tokens, base) -> kv`` for a new prefix, continuing from ``base`` (a
+                cached prefix of ``tokens``, or None).
+
+        Returns:
+            A prefix of every prompt that leaves each prompt at least one token of its own.
+        """
+        first = prompts[0]
+        shared = min(len(p) for p in prompts) - 1  # every prompt keeps its last token
+        for other in prompts[1:]:
+            shared = min(shared, _common_prefix_len(first, other))
+        entries = self._entries.setdefault(key, [])
+        self._entries.move_to_end(key)
+        length, index = max(((min(_common_prefix_len(e.tokens, first), shared), i) for i, e in enumerate(entries)),
+                            default=(0, -1))
+        best = entries[index] if length >= self.min_tokens else None
+        recent = self._recent.setdefault(key, deque(maxlen=4))
+        if len(prompts) == 1:  # one prompt: learn what it shares with the last few seen
+            shared = min(shared, max((_common_prefix_len(first, r) for r in recent), default=0))
+        recent.append(list(first))
+        # A known prefix serves; only a batch that shares much more extends it (a prompt seen
+        # twice alone must not become an entry of its own, pushing the roles' prefixes out).
+        if best is not None and (len(prompts) == 1 or shared < length + self.min_tokens):
+            entries.pop(index)
+            best = best.cropped(length)  # cut back to what is shared
+            entries.append(best)  # most recently used last
+            self.hits += 1
+            return best
+        if shared < self.min_tokens:
+            return None
+        # New (e.g. another role's system prompt), or much longer than the best entry: keep
+        # the entries as they are, and encode only what the best one does not hold.
+        base = best.cropped(length) if best is not None else None  # a prefix of first[:shared]
+        entry = _Prefix(tuple(first[:shared]), encode(first[:shared], base))
+        entries.append(entry)
+        while len(self) > self.max_entries:
+            oldest = next(k for k, v in self._entries.items() if v)
+            self._entries[oldest].pop(0)
+        self.misses += 1
+        return entry
+
+
 class TransformersBackend:
     """Generate with a local transformers model (the bundled SmolLM2 by default).
 
@@ -167,12 +322,25 @@ class TransformersBackend:
         model: ``None`` for the bundled SmolLM2-135M-Instruct, a checkpoint folder, a ``.gguf``
             file or a hub id (see :func:`~dynamicrag.llm.models.resolve_model`).
         device: Torch device, e.g. ``"cpu"`` or ``"cuda:0"``.
-        dtype: ``"auto"`` (fp32 on CPU) or a dtype name.
+        dtype: ``"auto"`` (bf16 on CPUs with native bf16, else fp32; see :func:`choose_dtype`)
+            or a dtype name (``"float32"`` restores full precision).
         batch_size: Sequences per forward batch (prompts x ``n`` when sampling several).
         adapter: A LoRA adapter folder (peft ``save_pretrained``) to run on the model. The base
             model stays loaded once: backends on the same model with other adapters (or none)
             share it and switch their adapter on per call, under the shared generate lock
             (see :mod:`dynamicrag.llm.lora`).
+        threads: CPU threads for torch (``torch.set_num_threads``, process-wide); None keeps
+            ``$DYNAMICRAG_THREADS`` or torch's default.
+        prefix_cache: Keep the KV cache of the token prefix that a role's prompts share (the
+            system prompt and chat header) and reuse it for every batch (see
+            :class:`_PrefixCache`; one cache per loaded model, shared by the backends on it,
+            its entries kept apart per adapter).
+        prefill: ``"rows"`` encodes each prompt alone, after the shared prefix, and decodes the
+            batch together from the joined caches (no compute spent on padding); ``"batch"``
+            encodes the left-padded batch in one pass; ``"auto"``: rows on CPU (where one
+            prompt of a few hundred tokens already fills the cores), batch on GPU.
+        kv_cache: ``"dynamic"`` (grows by concatenation) or ``"static"`` (preallocated for
+            prompt + ``max_new_tokens``; fewer allocations per decoded token).
 
     Attributes:
         adapter_name: The peft name of the adapter this backend runs (``None``: the base
@@ -185,7 +353,7 @@ class TransformersBackend:
     """
 
     name = "transformers"
-    # Encode a prompt once for its n samples (see _shared_prefill); benchmarks/speed_work.py
+    # Encode a prompt once for its n samples (see _prepare_inputs); benchmarks/speed_work.py
     # turns it off on an instance to measure what it saves.
     share_prefill = True
 
@@ -197,13 +365,23 @@ class TransformersBackend:
         dtype: str | torch.dtype = "auto",
         batch_size: int = 8,
         adapter: str | None = None,
+        threads: int | None = None,
+        prefix_cache: bool = True,
+        prefill: str = "auto",
+        kv_cache: str = "dynamic",
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if prefill not in ("auto", "rows", "batch"):
+            raise ValueError(f"prefill must be 'auto', 'rows' or 'batch', got {prefill!r}")
+        if kv_cache not in ("dynamic", "static"):
+            raise ValueError(f"kv_cache must be 'dynamic' or 'static', got {kv_cache!r}")
+        apply_threads(threads)
         self.device = device
         self.batch_size = batch_size
         self.model = resolve_model(model)
-        self.lm, self.tokenizer = load_model_and_tokenizer(self.model, device=device, dtype=dtype)
+        self.dtype, self.dtype_reason = choose_dtype(dtype, device)
+        self.lm, self.tokenizer = load_model_and_tokenizer(self.model, device=device, dtype=self.dtype)
         with _MODELS_LOCK:
             self._lock = _GENERATE_LOCKS.setdefault(id(self.lm), threading.Lock())
         eos = self.lm.generation_config.eos_token_id
@@ -216,6 +394,40 @@ class TransformersBackend:
         if adapter:
             with self._lock:  # injecting LoRA layers must not race a generate call on the shared model
                 self.adapter_name = attach_adapter(self.lm, adapter)
+        self.prefix_cache = prefix_cache
+        self.prefill = ("batch" if device.startswith("cuda") else "rows") if prefill == "auto" else prefill
+        self.kv_cache = kv_cache
+        with _MODELS_LOCK:  # one cache per loaded model, shared by its views (see _prefix_cache_key)
+            self._prefixes = _PREFIX_CACHES.setdefault(id(self.lm), _PrefixCache())
+        self._joinable = _joinable(self.lm.config)
+
+    def describe(self) -> dict[str, Any]:
+        """What this backend runs with: everything that changes its outputs or its speed.
+
+        Written into each run's settings (``<output>.settings.json``, see
+        :mod:`dynamicrag.run_settings`).
+        """
+        import transformers
+
+        return {
+            "name": self.name,
+            "model": self.model,
+            "device": self.device,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "dtype_reason": self.dtype_reason,
+            "batch_size": self.batch_size,
+            "threads": torch.get_num_threads() if self.device == "cpu" else None,
+            "thread_env": thread_settings(),
+            "attention": getattr(self.lm.config, "_attn_implementation", None),
+            "prefix_cache": self.prefix_cache,
+            "prefill": self.prefill,
+            "kv_cache": self.kv_cache,
+            "share_prefill": self.share_prefill,
+            "adapter": self.adapter,
+            "adapter_name": self.adapter_name,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        }
 
     def encode(self, chat: Chat) -> list[int]:
         """Token ids of ``chat`` after the chat template, ending with the assistant header."""
@@ -254,9 +466,11 @@ class TransformersBackend:
 
     def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, **extra: Any) -> list[list[Completion]]:
         """One ``generate`` call; ``extra`` goes to it as is (``stream`` passes its streamer)."""
-        batch = self.tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt").to(self.device)
-        prompt_len = batch["input_ids"].shape[1]
         greedy = params.temperature == 0
+        # The prompts' KV cache built here (shared prefix, one prompt at a time, n samples from
+        # one encoding), or the padded batch for generate to encode: see _prepare_inputs.
+        batch, cache_kwargs = self._prepare_inputs(prompts, 1 if greedy else params.n, params.max_new_tokens)
+        prompt_len = batch["input_ids"].shape[1]
         kwargs: dict[str, Any] = {
             "max_new_tokens": params.max_new_tokens,
             "pad_token_id": self.pad_id,
@@ -267,11 +481,7 @@ class TransformersBackend:
         else:
             # top_k=0 turns off transformers' default top-k of 50, as vLLM/OpenAI have none.
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
-            if params.n > 1 and prompt_len > 1 and self.share_prefill:
-                kwargs["past_key_values"] = self._shared_prefill(batch, params.n)
-                batch = {k: v.repeat_interleave(params.n, dim=0) for k, v in batch.items()}
-            else:
-                kwargs["num_return_sequences"] = params.n
+        kwargs.update(cache_kwargs)
         if params.stop:
             kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
         if params.id_list_max is not None:
@@ -292,8 +502,9 @@ class TransformersBackend:
     def stream(self, chat: Chat, params: SamplingParams) -> Iterator[str]:
         """Yield the text of one completion of ``chat`` in pieces, as the model writes it.
 
-        The same decoding as :meth:`generate` (one prompt, ``params.n`` must be 1), run in a
-        thread that feeds transformers' ``TextIteratorStreamer``. Closing the iterator early
+        The same inputs and decoding as :meth:`generate` (one prompt, ``params.n`` must be 1;
+        the prefix cache and row prefill of :meth:`_prepare_inputs`, under this backend's
+        adapter), run in a thread that feeds transformers' ``TextIteratorStreamer``. Closing the iterator early
         (the caller stopped reading, or Ctrl-C) stops the generation at the next token.
 
         Raises:
@@ -333,20 +544,128 @@ class TransformersBackend:
         if failure:
             raise failure[0]
 
-    def _shared_prefill(self, batch: Any, n: int) -> Any:
-        """The KV cache of the prompts without their last token, repeated ``n`` times per row.
+    # --- Speed (issue 18): what generate starts from --------------------------------------
 
-        ``num_return_sequences`` would copy each prompt ``n`` times and encode every copy; here
-        each prompt is encoded once (the bulk of the work for reranker prompts) and ``generate``
-        continues from the last token. The samples are the same as with ``num_return_sequences``.
+    def _prefix_cache_key(self) -> Hashable:
+        """The weights state a cached prefix KV belongs to: the LoRA adapter(s) switched on now.
+
+        Read from the model's LoRA layers at the time of the call, inside
+        :func:`~dynamicrag.llm.lora.adapter_active`: the prefix cache is shared by every backend
+        on this model, so a prefix computed by the generator's view (adapters off) must never
+        serve the reranker's view (its adapter on), and the other way round. ``()`` is the base
+        model (no LoRA layers, or all disabled), else the sorted names of the active adapters.
+        :meth:`clear_prefix_cache` drops every entry (for weight changes this key cannot see,
+        e.g. training in place).
         """
+        if not hasattr(self.lm, "peft_config"):  # peft writes it on the model it injects layers into
+            return ()
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        active = {tuple(m.active_adapters) for m in self.lm.modules()
+                  if isinstance(m, BaseTunerLayer) and not m.disable_adapters}
+        return tuple(sorted(active))
+
+    def clear_prefix_cache(self) -> None:
+        """Forget every cached prompt prefix of this model, for every backend on it (needed
+        after the weights change in place)."""
+        self._prefixes.clear()
+
+    def _prepare_inputs(self, prompts: list[list[int]], n: int, max_new_tokens: int) -> tuple[dict, dict]:
+        """The inputs of ``generate`` for ``prompts``, with ``n`` sequences generated per prompt.
+
+        Returns ``(batch, kwargs)``. Either the left-padded batch, which ``generate`` encodes in
+        one pass (``prefill="batch"`` without a cached prefix, or ``n`` samples without
+        ``share_prefill``), or rows laid out as ``[shared prefix][padding][rest of the
+        prompt]`` with the KV cache of every token but the last already computed: the prefix
+        once (or from :class:`_PrefixCache`), then each prompt's rest on its own, each row
+        repeated ``n`` times. ``generate`` then continues from the last token; the attention
+        mask hides the padding and positions follow from the mask (``cumsum``), so each row
+        sees the same tokens at the same positions as without the cache.
+        """
+        if not self._joinable or (n > 1 and not self.share_prefill):
+            return self._padded_inputs(prompts, n)
+        prefix = self._prefixes.lookup(self._prefix_cache_key(), prompts, self._encode) if self.prefix_cache else None
+        if not (prefix or self.prefill == "rows" or n > 1):
+            return self._padded_inputs(prompts, n)
+        p_len = len(prefix.tokens) if prefix else 0
+        rest = max(len(p) for p in prompts) - p_len  # >= 1: the prefix leaves each prompt a token
+        if p_len + rest < 2:
+            return self._padded_inputs(prompts, n)
+        ids = torch.full((len(prompts), p_len + rest), self.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        layers: list[list[tuple[torch.Tensor, torch.Tensor] | None]] = []
+        for row, prompt in enumerate(prompts):
+            start = p_len + rest - (len(prompt) - p_len)  # the row's rest, right-aligned
+            ids[row, :p_len] = torch.tensor(prompt[:p_len])
+            ids[row, start:] = torch.tensor(prompt[p_len:])
+            mask[row, :p_len] = 1
+            mask[row, start:] = 1
+            layers.append(self._encode_rest(prompt, prefix))
+        cache = self._joined_cache(layers, prefix, [len(p) - p_len - 1 for p in prompts], rest - 1,
+                                   n, p_len + rest + max_new_tokens)
+        batch = {"input_ids": ids.repeat_interleave(n, dim=0).to(self.device),
+                 "attention_mask": mask.repeat_interleave(n, dim=0).to(self.device)}
+        return batch, {_cache_kwarg(self.lm): cache}
+
+    def _padded_inputs(self, prompts: list[list[int]], n: int) -> tuple[dict, dict]:
+        """The left-padded batch; ``generate`` encodes it (and ``n`` copies of each prompt)."""
+        batch = self.tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt").to(self.device)
+        kwargs: dict[str, Any] = {"num_return_sequences": n} if n > 1 else {}
+        if self.kv_cache == "static":
+            kwargs["cache_implementation"] = "static"
+        return dict(batch), kwargs
+
+    def _forward(self, tokens: list[int], cache: Any) -> None:
+        """Run ``tokens`` through the model after what ``cache`` holds, filling it."""
+        ids = torch.tensor([tokens], device=self.device)
+        self.lm(input_ids=ids, use_cache=True, logits_to_keep=1, **{_cache_kwarg(self.lm): cache})  # no logits needed
+
+    def _encode(self, tokens: list[int], base: _Prefix | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """KV of ``tokens``, per layer (1, kv_heads, len, dim), continuing from ``base`` (a
+        prefix of ``tokens`` whose KV is known) when given."""
         from transformers import DynamicCache
 
-        ids, mask = batch["input_ids"][:, :-1], batch["attention_mask"][:, :-1]
-        cache = DynamicCache(config=self.lm.config)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens start at 0
-        self.lm(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
-        cache.batch_repeat_interleave(n)  # row i -> rows i*n .. i*n+n-1, as generate orders them
+        cache = DynamicCache(ddp_cache_data=base.kv if base else None, config=self.lm.config)
+        self._forward(tokens[len(base.tokens) if base else 0:], cache)
+        return [(layer.keys, layer.values) for layer in cache.layers]
+
+    def _encode_rest(self, prompt: list[int], prefix: _Prefix | None) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """KV of ``prompt`` after the prefix, but for its last token, shape (1, kv_heads, len, dim)
+        per layer; None when there is no such token."""
+        from transformers import DynamicCache
+
+        p_len = len(prefix.tokens) if prefix else 0
+        if len(prompt) - p_len < 2:
+            return None
+        cache = DynamicCache(ddp_cache_data=prefix.kv if prefix else None, config=self.lm.config)
+        self._forward(prompt[p_len:-1], cache)
+        return [(layer.keys[:, :, p_len:], layer.values[:, :, p_len:]) for layer in cache.layers]
+
+    def _joined_cache(self, rows: list, prefix: _Prefix | None, lengths: list[int], width: int, n: int,
+                      max_len: int) -> Any:
+        """One batch cache from the prefix and each row's own KV: per row the prefix, zeros
+        where the row is padded, then its KV right-aligned in ``width`` positions; each row
+        repeated ``n`` times (row i -> rows i*n .. i*n+n-1, as ``generate`` orders samples)."""
+        from transformers import DynamicCache, StaticCache
+
+        cache = (StaticCache(config=self.lm.config, max_cache_len=max_len) if self.kv_cache == "static"
+                 else DynamicCache(config=self.lm.config))
+        shapes = prefix.kv if prefix else next(r for r in rows if r)
+        p_len = len(prefix.tokens) if prefix else 0
+        for layer, (key, _) in enumerate(shapes):
+            joined = []
+            for part in (0, 1):  # keys, values
+                out = key.new_zeros((len(rows), key.shape[1], p_len + width, key.shape[3]))  # (batch, kv_heads, len, dim)
+                if prefix:
+                    out[:, :, :p_len] = prefix.kv[layer][part]
+                for i, (row, length) in enumerate(zip(rows, lengths)):
+                    if row:
+                        out[i, :, p_len + width - length:] = row[layer][part][0]
+                joined.append(out.repeat_interleave(n, dim=0) if n > 1 else out)
+            for row in rows:
+                if row:
+                    row[layer] = None  # free each row's own copy once joined
+            cache.update(joined[0], joined[1], layer)
         return cache
 
     def loglikelihood(
@@ -355,7 +674,9 @@ class TransformersBackend:
     ) -> list[float]:
         """Teacher-forced log-likelihood of each continuation as the start of the assistant's reply.
 
-        No decoding: one forward pass per batch (see :func:`continuation_loglikelihood`).
+        No decoding: one forward pass per batch (see :func:`continuation_loglikelihood`, which
+        shares each group's common prefix within a batch itself; the generate path's
+        :class:`_PrefixCache` is not used here).
 
         Args:
             chats: Chat prompts (the chat template's assistant header is appended).

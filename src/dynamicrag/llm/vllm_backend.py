@@ -101,8 +101,19 @@ class VLLMBackend:
         if max_model_len is not None:
             kwargs["max_model_len"] = max_model_len
         logger.info("Starting vLLM on %s", self.model)
+        self._engine_kwargs = {k: v for k, v in kwargs.items() if k != "model"}
         self.llm = self._vllm.LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
+
+    def describe(self) -> dict[str, Any]:
+        """The engine's settings, as passed to ``vllm.LLM``, and the vLLM version."""
+        return {
+            "name": self.name,
+            "model": self.model,
+            **{k: v if isinstance(v, (bool, int, float, str, type(None))) else repr(v)
+               for k, v in self._engine_kwargs.items()},
+            "vllm": getattr(self._vllm, "__version__", None),
+        }
 
     def sampling_params(self, params: SamplingParams) -> Any:
         """``params`` as a ``vllm.SamplingParams`` of the installed vLLM version."""
