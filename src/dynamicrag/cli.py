@@ -61,6 +61,23 @@ RerankTokensOpt = typer.Option(
     None, "--reranker-max-tokens", help="Cap on an LLM reranker's output (default: dynamic 100 as in the paper; listwise: a full permutation)"
 )
 AnswerTokensOpt = typer.Option(200, "--max-new-tokens", help="Cap on the generator's answer (paper: 200)")
+# The generator's decoding (dynamicrag.generate.GenerationConfig): unset options keep each task's default.
+GenTokensOpt = typer.Option(
+    None, "--max-new-tokens", min=1, help="Cap on every answer (default per task: 64 short answers, 8 labels, 200 paragraphs; paper: 200)"
+)
+NoRepeatOpt = typer.Option(
+    None, "--no-repeat-ngram", min=0,
+    help="No token n-gram of this size repeats within an answer (the passages may still be copied); 0: off. Default: 8 (labels: off)",
+)
+FrequencyPenaltyOpt = typer.Option(
+    None, "--frequency-penalty", min=-2.0, max=2.0, help="OpenAI-style penalty per repeated answer token (default 0)"
+)
+AnswerStopOpt = typer.Option(
+    None, "--answer-stop", help="String that ends an answer, repeatable; escapes like \\n work; 'none': no stop. Default for short answers: a line break after . ! or ?"
+)
+LabelsOpt = typer.Option(
+    True, "--label-choices/--free-labels", help="Label tasks (FEVER) answer with exactly one label (constrained decoding)"
+)
 ConstrainedOpt = typer.Option(
     False, "--constrained/--free", help="Constrain reranker decoding to the id grammar ([i], [j] or None)"
 )
@@ -122,18 +139,38 @@ def _index_path(index_dir: Path | None) -> str | None:
     return str(index_dir.resolve())
 
 
+def _generation_config(
+    max_new_tokens: int | None, no_repeat: int | None, frequency_penalty: float | None, stop: list[str] | None, labels: bool
+):
+    """The generator's decoding settings from the command line's options, checked at once."""
+    import codecs
+
+    from dynamicrag.generate import GenerationConfig
+
+    stops = None
+    if stop is not None:
+        stops = () if [s.lower() for s in stop] == ["none"] else tuple(codecs.decode(s, "unicode_escape") for s in stop)
+        if any(not s for s in stops):
+            _fail("--answer-stop takes non-empty strings (or 'none')")
+    try:
+        return GenerationConfig(max_new_tokens=max_new_tokens, no_repeat_ngram_size=no_repeat,
+                                frequency_penalty=frequency_penalty, stop=stops, constrain_labels=labels)
+    except ValueError as err:
+        _fail(str(err))
+
+
 def _pipeline(
-    backend, style: str, reranker: RerankerKind, retriever, top_n: int, answer_tokens: int = 200,
+    backend, style: str, reranker: RerankerKind, retriever, top_n: int, generation=None,
     retrieve: bool = False, **reranker_options
 ):
-    from dynamicrag.generate import Generator
+    from dynamicrag.generate import GenerationConfig, Generator
     from dynamicrag.pipeline import Pipeline
     from dynamicrag.prompts import load_style
     from dynamicrag.rerank import make_reranker
 
     prompt_style = load_style(style)
     chooser = make_reranker(reranker.value, backend, prompt_style, **reranker_options)
-    generator = Generator(backend, prompt_style, max_new_tokens=answer_tokens)
+    generator = Generator(backend, prompt_style, generation or GenerationConfig())
     return Pipeline(chooser, generator, retriever=retriever, top_n=top_n, retrieve=retrieve)
 
 
@@ -370,7 +407,11 @@ def infer(
     prompt_style: str = StyleOpt,
     constrained: bool = ConstrainedOpt,
     reranker_tokens: Optional[int] = RerankTokensOpt,
-    answer_tokens: int = AnswerTokensOpt,
+    answer_tokens: Optional[int] = GenTokensOpt,
+    no_repeat: Optional[int] = NoRepeatOpt,
+    frequency_penalty: Optional[float] = FrequencyPenaltyOpt,
+    answer_stop: Optional[list[str]] = AnswerStopOpt,
+    label_choices: bool = LabelsOpt,
     executor: ExecutorKind = ExecutorOpt,
     ray_address: Optional[str] = RayAddressOpt,
     workers: int = WorkersOpt,
@@ -379,6 +420,7 @@ def infer(
 ) -> None:
     """Answer every question of INPUT: one output record per input record, in order."""
     _setup_logging(verbose)
+    generation = _generation_config(answer_tokens, no_repeat, frequency_penalty, answer_stop, label_choices)
     from dynamicrag.data import DataError, load_examples
 
     try:
@@ -391,7 +433,7 @@ def infer(
         console.print("[yellow]warning:[/yellow] some examples have no passages and no --index was given")
     infer_fn = partial(
         _infer_fn, _backend_spec(backend, model, base_url, backend_options), _index_path(index_dir), retrieve,
-        style=prompt_style, reranker=reranker, top_n=top_n, answer_tokens=answer_tokens,
+        style=prompt_style, reranker=reranker, top_n=top_n, generation=generation,
         k=k, window=window, stride=stride, constrained=constrained, scorer=scorer, max_new_tokens=reranker_tokens,
     )
 
@@ -451,7 +493,10 @@ def ask(
         help="Constrain reranker decoding to the id grammar (on by default: the bundled model is not trained as a reranker)",
     ),
     reranker_tokens: Optional[int] = RerankTokensOpt,
-    answer_tokens: int = AnswerTokensOpt,
+    answer_tokens: Optional[int] = GenTokensOpt,
+    no_repeat: Optional[int] = NoRepeatOpt,
+    frequency_penalty: Optional[float] = FrequencyPenaltyOpt,
+    answer_stop: Optional[list[str]] = AnswerStopOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the record as JSON"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
@@ -463,6 +508,7 @@ def ask(
     from dynamicrag.retrieve import build_index, load_index
     from dynamicrag.schema import Example
 
+    generation = _generation_config(answer_tokens, no_repeat, frequency_penalty, answer_stop, True)
     corpus = corpus or default_corpus()
     if not corpus.exists():
         _fail(f"corpus not found: {corpus}")
@@ -483,11 +529,12 @@ def ask(
         except (TypeError, ValueError) as err:
             _fail(f"backend {backend!r}: {err}")
     pipeline = _pipeline(
-        llm, prompt_style, RerankerKind.dynamic, searcher, top_n, answer_tokens,
+        llm, prompt_style, RerankerKind.dynamic, searcher, top_n, generation,
         constrained=constrained, max_new_tokens=reranker_tokens,
     )
     with console.status("reranking and answering"):
         record = pipeline.run([Example(id="ask", question=question)])[0]
+    record["attribution"] = _attribution(record)
     if as_json:
         typer.echo(json.dumps(record, ensure_ascii=False, indent=2))
         return
@@ -496,15 +543,35 @@ def ask(
         console.print(f"reranker output: {record['reranker_output']!r}")
         raise typer.Exit(1)
     typer.echo(record["answer"])
+    used = {a["position"]: a for a in record["attribution"]}
     table = Table(title=f"k = {len(record['selected'])} of {len(record['passages'])} retrieved")
     table.add_column("#", justify="right")
+    table.add_column("id")
     table.add_column("title")
     table.add_column("passage")
+    table.add_column("answer draws on it (shared words)")
     for rank, i in enumerate(record["selected"], 1):
         p = record["passages"][i - 1]
-        table.add_row(str(rank), p["title"], p["text"][:120] + ("..." if len(p["text"]) > 120 else ""))
+        evidence = f"yes: {used[i]['evidence'][:40]}" if i in used else ""
+        table.add_row(str(rank), p["id"], p["title"], p["text"][:120] + ("..." if len(p["text"]) > 120 else ""), evidence)
     console.print(table)
+    ids = ", ".join(a["id"] for a in record["attribution"]) or "none of the chosen passages (by shared words)"
+    console.print(f"answer draws on: {ids}")
     console.print(f"reranker output: {record['reranker_output']!r}")
+
+
+def _attribution(record: dict) -> list[dict]:
+    """The chosen passages the answer draws on (dynamicrag.attribution), as JSON: ``position``
+    is 1-based into ``passages`` like ``selected``."""
+    from dynamicrag.attribution import attribute
+    from dynamicrag.schema import Passage
+
+    if not record.get("answer"):
+        return []
+    chosen = [Passage(id=str(p["id"]), title=p.get("title", ""), text=p["text"])
+              for p in (record["passages"][i - 1] for i in record["selected"])]
+    found = attribute(record["answer"], chosen, record["question"])
+    return [{**a.to_json(), "position": record["selected"][a.position - 1]} for a in found]
 
 
 @app.command()

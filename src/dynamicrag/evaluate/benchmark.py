@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dynamicrag.data import ResumableJsonlWriter, atomic_write_json, atomic_write_text, load_corpus, load_examples, read_jsonl
-from dynamicrag.generate import Generator
+from dynamicrag.generate import GenerationConfig, Generator
 from dynamicrag.llm import load_backend
 from dynamicrag.pipeline import Pipeline
 from dynamicrag.prompts import load_style
@@ -69,6 +69,27 @@ class RerankerSpec(BaseModel):
             raise ValueError(f"reranker {self.name!r}: kind {self.kind!r} is not one of {sorted(RERANKERS)}")
 
 
+class GenerationSpec(BaseModel):
+    """The generator's decoding overrides (:class:`~dynamicrag.generate.GenerationConfig`);
+    a field left out keeps each task's default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_new_tokens: int | None = Field(None, ge=1, description="Cap on every answer")
+    no_repeat_ngram_size: int | None = Field(None, ge=0, description="Answer-only n-gram ban; 0: off")
+    frequency_penalty: float | None = Field(None, ge=-2, le=2, description="Penalty per repeated answer token")
+    stop: list[str] | None = Field(None, description="Strings that end an answer; []: none")
+    constrain_labels: bool = Field(True, description="Label tasks (FEVER) answer with exactly one label")
+
+    def to_config(self, answer_max_tokens: int | None = None) -> GenerationConfig:
+        fields = self.model_dump()
+        if fields["max_new_tokens"] is None:
+            fields["max_new_tokens"] = answer_max_tokens
+        if fields["stop"] is not None:
+            fields["stop"] = tuple(fields["stop"])
+        return GenerationConfig(**fields)
+
+
 class BenchmarkConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -77,10 +98,17 @@ class BenchmarkConfig(BaseModel):
     base_url: str | None = None
     backend_options: dict = Field(default_factory=dict, description="Passed to the backend (batch_size, ...)")
     prompt_style: str = "default"
-    answer_max_tokens: int = Field(200, ge=1, description="Generator cap (paper: 200)")
+    answer_max_tokens: int | None = Field(
+        None, ge=1, description="Generator cap for every task (same as generation.max_new_tokens); default: the task's"
+    )
+    generation: GenerationSpec = Field(default_factory=GenerationSpec, description="The generator's decoding")
     batch_size: int = Field(8, ge=1)
     benchmarks: list[BenchmarkSpec]
     rerankers: list[RerankerSpec]
+
+    def generation_config(self) -> GenerationConfig:
+        """The generator's decoding settings this config asks for."""
+        return self.generation.to_config(self.answer_max_tokens)
 
 
 def default_config_path() -> Path:
@@ -92,11 +120,16 @@ def load_config(path: str | Path) -> BenchmarkConfig:
     """Read and validate a YAML config; errors name the file and the field."""
     path = Path(path)
     try:
-        return BenchmarkConfig.model_validate(yaml.safe_load(path.read_text("utf-8")))
+        config = BenchmarkConfig.model_validate(yaml.safe_load(path.read_text("utf-8")))
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise ValueError(f"{path}: field '{where}': {first['msg']}") from None
+    try:
+        config.generation_config()
+    except ValueError as err:
+        raise ValueError(f"{path}: field 'generation': {err}") from None
+    return config
 
 
 def _retriever(spec: BenchmarkSpec, data_dir: Path, out_dir: Path):
@@ -130,7 +163,7 @@ def run_benchmark(
     options = {**config.backend_options, **({"base_url": config.base_url} if config.base_url else {})}
     backend = load_backend(config.backend, model=config.model, **options)
     style = load_style(config.prompt_style)
-    generator = Generator(backend, style, max_new_tokens=config.answer_max_tokens)
+    generator = Generator(backend, style, config.generation_config())
     summary: dict[str, dict] = {}
     records_by_run: dict[str, list[dict]] = {}
     seconds: dict[str, float] = {}
@@ -161,7 +194,7 @@ def run_benchmark(
             summary[run] = evaluate_records(records)
             logger.info("%s: %d records in %.0f s", run, len(records), seconds[run])
 
-    comparison = {"runs": summary, "seconds": seconds}
+    comparison = {"runs": summary, "seconds": seconds, "generation": generator.settings()}
     atomic_write_json(out_dir / "comparison.json", comparison)
     atomic_write_text(out_dir / "comparison.md", to_markdown(summary))
     comparison["plots"] = [str(p) for p in plot_reports(summary, records_by_run, out_dir)]

@@ -199,6 +199,7 @@ class TransformersBackend:
         self.eos_ids = sorted(set(eos) | {self.tokenizer.eos_token_id} - {None})
         self.pad_id = self.tokenizer.pad_token_id
         self._constraint: _IdListConstraint | None = None
+        self._choice_constraints: dict[tuple[str, ...], Any] = {}  # label set -> ChoiceConstraint
 
     def encode(self, chat: Chat) -> list[int]:
         """Token ids of ``chat`` after the chat template, ending with the assistant header."""
@@ -261,6 +262,7 @@ class TransformersBackend:
                 self._constraint = _IdListConstraint(self.tokenizer, self.eos_ids)
             allowed = self._constraint.prefix_fn(prompt_len, params.id_list_max, self.pad_id)
             kwargs["prefix_allowed_tokens_fn"] = allowed
+        kwargs.update(self._decoding_controls(params, prompt_len))
         out = self.lm.generate(**batch, **kwargs)  # (batch * n_gen, prompt_len + new)
         n_gen = 1 if greedy else params.n
         completions = []
@@ -270,6 +272,28 @@ class TransformersBackend:
             # Greedy decoding gives one answer: n independent copies of it.
             completions.append([dataclasses.replace(texts[0]) for _ in range(params.n)] if greedy else texts)
         return completions
+
+    def _decoding_controls(self, params: SamplingParams, prompt_len: int) -> dict[str, Any]:
+        """``generate`` kwargs for the loop controls and the label constraint, which count the
+        completion only (see :mod:`dynamicrag.llm.logits` for why not transformers' own)."""
+        from transformers import LogitsProcessorList
+
+        from dynamicrag.llm.logits import ChoiceConstraint, CompletionFrequencyPenalty, CompletionNoRepeatNGram
+
+        kwargs: dict[str, Any] = {}
+        processors = LogitsProcessorList()
+        if params.no_repeat_ngram_size:
+            processors.append(CompletionNoRepeatNGram(params.no_repeat_ngram_size, prompt_len))
+        if params.frequency_penalty:
+            processors.append(CompletionFrequencyPenalty(params.frequency_penalty, prompt_len))
+        if processors:
+            kwargs["logits_processor"] = processors
+        if params.choices is not None:
+            key = tuple(params.choices)
+            if key not in self._choice_constraints:
+                self._choice_constraints[key] = ChoiceConstraint(self.tokenizer, key, self.eos_ids)
+            kwargs["prefix_allowed_tokens_fn"] = self._choice_constraints[key].prefix_fn(prompt_len, self.pad_id)
+        return kwargs
 
     def _shared_prefill(self, batch: Any, n: int) -> Any:
         """The KV cache of the prompts without their last token, repeated ``n`` times per row.
