@@ -58,14 +58,13 @@ def test_thresholds():
 
 @pytest.mark.slow
 def test_ask_shows_the_passages_the_answer_draws_on(smollm):
-    result = CliRunner().invoke(app, ["ask", "What does the reranker output?", "--json", "--max-new-tokens", "24",
-                                      "--reranker-max-tokens", "24"])
+    fast = ["--top-n", "3", "--max-new-tokens", "24", "--reranker-max-tokens", "12"]
+    result = CliRunner().invoke(app, ["ask", "What does the reranker output?", "--json", *fast])
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
-    assert isinstance(record["attribution"], list)
+    assert record["attribution"]  # the answer copies "retrieval-augmented generation (RAG)" from its passage
     for a in record["attribution"]:
         assert a["position"] in record["selected"]
         assert record["passages"][a["position"] - 1]["id"] == a["id"] and a["evidence"]
-    table = CliRunner().invoke(app, ["ask", "What does the reranker output?", "--max-new-tokens", "24",
-                                     "--reranker-max-tokens", "24"])
+    table = CliRunner().invoke(app, ["ask", "What does the reranker output?", *fast])
     assert table.exit_code == 0 and "answer draws on:" in table.output

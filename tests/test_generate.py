@@ -82,14 +82,18 @@ def test_bad_settings_fail_when_built():
         GenerationConfig(frequency_penalty=5.0)
 
 
-def test_short_answer_stop_keeps_a_copied_title_line_and_ends_a_finished_line():
+def test_short_answer_stop_keeps_what_the_small_model_writes_before_its_answer():
     stop = GenerationConfig().params("nq").stop
-    # Seen on NQ: the model copies the passage's title line, then answers; a bare newline
-    # stop would keep only the title. Abbreviations do not end the answer either.
+    # Seen on NQ: the model copies the passage's title line, or restates the question, and
+    # answers after it; an abbreviation does not end the answer either.
     for answer in ("Mapp v. Ohio\nDollree Mapp was an employee", "Dr. Lexie Grey died in a plane crash",
-                   "The owner of the Reading F.C. is Xiu Li Dai", "A Whiter Shade of Pale\n\nIt is by Procol Harum."):
-        assert not any(s in answer for s in stop)
-    assert all(s in "It was 2018.\nIt was" or s in "Why?\n" or s in "Yes!\n" for s in stop)
+                   "[1] Manchester United F.C.\nManchester United Football Club is based in Old Trafford",
+                   "Who won the Australian Open in 2018?\n\nThe answer is: Roger Federer",
+                   "A Whiter Shade of Pale\n\nIt is by Procol Harum"):
+        assert not any(s in answer for s in stop), answer
+    # A finished paragraph ends it.
+    for finished in ("It was released in 2018.\n\nIt was", "Yes!\n\nAnd"):
+        assert any(s in finished for s in stop)
 
 
 def test_fever_choices_are_the_metrics_labels():

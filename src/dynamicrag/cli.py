@@ -73,7 +73,7 @@ FrequencyPenaltyOpt = typer.Option(
     None, "--frequency-penalty", min=-2.0, max=2.0, help="OpenAI-style penalty per repeated answer token (default 0)"
 )
 AnswerStopOpt = typer.Option(
-    None, "--answer-stop", help="String that ends an answer, repeatable; escapes like \\n work; 'none': no stop. Default for short answers: a line break after . ! or ?"
+    None, "--answer-stop", help="String that ends an answer, repeatable; escapes like \\n work; 'none': no stop. Default for short answers: a paragraph break after . or !"
 )
 LabelsOpt = typer.Option(
     True, "--label-choices/--free-labels", help="Label tasks (FEVER) answer with exactly one label (constrained decoding)"
@@ -549,7 +549,7 @@ def ask(
     table.add_column("id")
     table.add_column("title")
     table.add_column("passage")
-    table.add_column("answer draws on it (shared words)")
+    table.add_column("used by the answer")
     for rank, i in enumerate(record["selected"], 1):
         p = record["passages"][i - 1]
         evidence = f"yes: {used[i]['evidence'][:40]}" if i in used else ""

@@ -42,20 +42,22 @@ class TaskDecoding:
     choices: tuple[str, ...] | None = None
 
 
-# Stop strings of short answers: a line break right after a sentence end. A bare newline would
-# cut answers the small model starts by copying the passage's title line ("Mapp v. Ohio\nDollree
-# Mapp was ..."), and a sentence end would cut at "Dr." or "Reading F.C." and lose answers in a
-# second sentence (measured on NQ, docs/decoding.md). The stop string itself is not kept.
-SENTENCE_LINE_END = (".\n", "!\n", "?\n")
+# Stop strings of short answers: a paragraph break right after a sentence end. Measured on NQ
+# (docs/decoding.md), every other rule cut answers: a bare newline stops after the passage title
+# the small model often copies first ("Mapp v. Ohio\nDollree Mapp was ..."), "?" ends the
+# question it restates before answering ("... in 2018?\n\nThe answer is: Roger Federer"), a
+# single newline after "." also ends a title ("Manchester United F.C.\n"), and a sentence end
+# would cut at "Dr." and lose answers in a second sentence. The stop string is not kept.
+SENTENCE_PARAGRAPH_END = (".\n\n", "!\n\n")
 
 # Greedy decoding with a 135M model: short answers are one or two sentences with the gold phrase
-# early; what follows a finished line is a restatement or a loop. The n-gram ban counts the
+# early; what follows a finished paragraph is a restatement or a loop. The n-gram ban counts the
 # answer only (the passages may be copied) and is long enough to let a copied title be
 # repeated once ("Title\n\nTitle is ..."), short enough to end every exact loop after one turn.
 # docs/decoding.md has the NQ measurements behind each value. Tasks not listed use "default".
 TASK_GENERATION: dict[str, TaskDecoding] = {
     # Short-answer QA (NQ, TriviaQA, HotpotQA, ...).
-    "default": TaskDecoding(max_new_tokens=64, stop=SENTENCE_LINE_END, no_repeat_ngram_size=8),
+    "default": TaskDecoding(max_new_tokens=64, stop=SENTENCE_PARAGRAPH_END, no_repeat_ngram_size=8),
     # A label: decoding is constrained to the label set, so a few tokens are enough.
     "fever": TaskDecoding(max_new_tokens=8, choices=FEVER_CHOICES),
     # Paragraph answers: the paper's 200 tokens, no stop.
