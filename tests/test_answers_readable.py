@@ -15,7 +15,6 @@ import pytest
 from dynamicrag.data import load_examples
 from dynamicrag.evaluate.answer_metrics import FEVER_LABELS, fever_label
 from dynamicrag.generate import FEVER_CHOICES, GenerationConfig, Generator
-from dynamicrag.llm import SamplingParams
 from dynamicrag.pipeline import Pipeline
 from dynamicrag.prompts import cap_words
 from dynamicrag.rerank import TopKReranker
@@ -39,9 +38,13 @@ def shortened(example: Example, passages: list[Passage]) -> Example:
 
 
 @pytest.fixture(scope="module")
-def questions(shared_data, nq) -> list[Example]:
+def retriever(nq):
+    return BM25Retriever.build(nq.passages, show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def questions(shared_data, retriever) -> list[Example]:
     """20 NQ questions with their BM25 top-1 passage and 12 HotpotQA questions with two paragraphs."""
-    retriever = BM25Retriever.build(nq.passages, show_progress=False)
     nq_examples = load_examples(shared_data / "nq" / "nq-open-oracle.jsonl.gz", limit=20)
     found = retriever.search([ex.question for ex in nq_examples], 1)
     hotpot = load_examples(shared_data / "hotpotqa" / "hotpotqa_train.json", limit=12)
@@ -70,14 +73,16 @@ def test_without_loop_control_the_same_model_loops(smollm, questions):
     assert most_repeated_8gram(fixed) < 3 and fixed != looping[:len(fixed)], fixed
 
 
-def test_short_answers_stop_at_a_finished_paragraph_and_keep_all_before_it(smollm):
-    chat = [{"role": "user", "content": "Write two short paragraphs about cats."}]
-    [[free]] = smollm.generate([chat], SamplingParams(max_new_tokens=64))
-    end = re.search(r"[.!]\n\n", free.text)
-    assert end, free.text  # the model does go on past its first paragraph
-    stop = GenerationConfig().params("nq").stop
-    [[cut]] = smollm.generate([chat], SamplingParams(max_new_tokens=64, stop=stop))
-    assert cut.text == free.text[:end.start()] and cut.finish_reason == "stop"  # the stop string is dropped
+def test_short_answers_stop_at_a_finished_paragraph_and_keep_all_before_it(smollm, shared_data, retriever):
+    [deadpool] = load_examples(shared_data / "nq" / "nq-open-oracle.jsonl.gz", skip=1, limit=1)
+    deadpool = deadpool.model_copy(update={"passages": retriever.search([deadpool.question], 3)[0]})
+    top3 = [Selection(ids=[1, 2, 3])]
+    [free] = Generator(smollm, config=GenerationConfig(stop=())).answer([deadpool], top3)
+    # Without a stop the model answers, then writes on ("...May 18, 2018.\n\nThe previous deadpool ...").
+    end = re.search(r"[.!]\n\n", free)
+    assert end, free
+    [answer] = Generator(smollm).answer([deadpool], top3)
+    assert answer == free[:end.start()]  # all of the first paragraph but its final stop
 
 
 def test_fever_claims_get_exactly_one_label(smollm, shared_data):
