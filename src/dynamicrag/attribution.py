@@ -1,8 +1,8 @@
 """Which of the chosen passages an answer draws on: a cheap, deterministic word-overlap test.
 
 An answer is written from the passages the reranker chose; to show a reader where it came
-from, each chosen passage is checked against the answer's words after SQuAD normalisation
-(lower case, no punctuation, no articles):
+from, each chosen passage is checked against the answer's words (lower case, split at spaces
+and punctuation, so "retrieval-augmented" is two words; articles dropped):
 
 1. The answer's *new* words are its content words that are not in the question (the question
    is in every retrieved passage's neighbourhood, so restating it proves nothing) and not
@@ -25,10 +25,10 @@ Example:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dynamicrag.evaluate.normalize import normalize_answer
 from dynamicrag.schema import Passage
 
 # English function words plus the generic words of a refusal ("I cannot fully answer based on
@@ -53,7 +53,7 @@ class Attribution:
         position: 1-based position of the passage in the list that was checked.
         id: The passage's id.
         evidence: The longest word run shared with the answer (when long enough), else the
-            answer's new words found in the passage, space-separated (normalised text).
+            answer's new words found in the passage, space-separated (lower-cased words).
     """
 
     position: int
@@ -64,8 +64,13 @@ class Attribution:
         return {"position": self.position, "id": self.id, "evidence": self.evidence}
 
 
+_WORD = re.compile(r"\w+")
+_ARTICLES = frozenset({"a", "an", "the"})
+
+
 def _words(text: str) -> list[str]:
-    return normalize_answer(text).split()
+    # Unlike SQuAD normalisation (which deletes punctuation), "Fixed-k" gives "fixed", "k".
+    return [w for w in _WORD.findall(text.lower()) if w not in _ARTICLES]
 
 
 def _longest_shared_run(answer: list[str], passage: list[str], new: set[str]) -> list[str]:
