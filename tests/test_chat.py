@@ -90,3 +90,24 @@ def test_transformers_streams_the_same_text_as_generate_and_stops_when_closed(sm
     long.close()  # stops the generation thread (it holds the model's lock until then)
     assert smollm._lock.acquire(timeout=5)
     smollm._lock.release()
+
+
+@pytest.mark.slow
+def test_a_streamed_answer_has_the_tasks_decoding_settings_as_the_answer_does(smollm):
+    """Generator.stream sends the same per-task SamplingParams as answer (n-gram ban, stop
+    strings, cap), and the transformers stream ends where generate cuts at a stop string."""
+    from dynamicrag.generate import GenerationConfig
+
+    example = Example(id="q", question="Why is the sky blue?", task="eli5", passages=[
+        Passage(id="a", title="Sky", text="Sunlight is scattered by the air; blue light is scattered more than red light.")])
+    selection = Selection(ids=[1])
+    loose = Generator(smollm, config=GenerationConfig(max_new_tokens=24, no_repeat_ngram_size=0, stop=[]))
+    free = loose.answer([example], [selection])[0]
+    word = free.split()[3]
+    for config in (GenerationConfig(max_new_tokens=24, no_repeat_ngram_size=1, stop=[]),  # no token twice
+                   GenerationConfig(max_new_tokens=24, no_repeat_ngram_size=0, stop=[word])):  # a stop string
+        generator = Generator(smollm, config=config)
+        answer = generator.answer([example], [selection])[0]
+        streamed = "".join(generator.stream(example, selection)).strip()
+        assert streamed == answer != free
+    assert answer == free[:free.index(word)].strip() and word not in streamed

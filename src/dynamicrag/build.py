@@ -34,6 +34,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from dynamicrag.generate import GenerationConfig, GenerationSpec
 from dynamicrag.llm import adapters as shipped
 from dynamicrag.llm.adapters import MANIFEST, AdapterManifest, read_manifest
 
@@ -104,7 +105,12 @@ class PipelineConfig(BaseModel):
     constrained: bool | None = Field(None, description="Dynamic reranker decoding under the id grammar")
     passage_words: int | None = Field(None, ge=0, description="Words shown per passage to the reranker; 0: all")
     reranker_max_tokens: int | None = Field(None, ge=1, description="Cap on the reranker's output")
-    answer_max_tokens: int = Field(200, ge=1, description="Cap on the generator's answer (paper: 200)")
+    answer_max_tokens: int | None = Field(
+        None, ge=1, description="Cap on every generator answer (None: the task's, see dynamicrag.generate; paper: 200)"
+    )
+    generation: GenerationSpec = Field(
+        default_factory=GenerationSpec, description="The generator's decoding overrides (n-gram ban, stop, labels)"
+    )
     top_n: int | None = Field(None, ge=1, description="Candidates the reranker sees")
     retrieve: bool = Field(False, description="Retrieve even for examples with their own passages")
 
@@ -283,10 +289,15 @@ def resolve_config(config: PipelineConfig, *, top_n: int | None = 40, constraine
 
     Raises:
         FileNotFoundError: An adapter folder does not exist (the message names it).
-        ValueError: A bad backend or option, an adapter trained on another base model, a bad manifest.
+        ValueError: A bad backend or option, an adapter trained on another base model, a bad manifest,
+            a generator decoding setting no task can run with.
     """
     reranker = _resolve_role("reranker", config.reranker, config.kind)
     generator = _resolve_role("generator", config.generator, config.kind)
+    try:
+        generation_config(config)  # checked for every task now, not at the first answer
+    except ValueError as err:
+        raise ValueError(f"generator decoding: {err}") from None
     manifest = adapter_manifest(reranker.adapter)
     gen_manifest = adapter_manifest(generator.adapter)
     reranker = reranker.model_copy(update={
@@ -342,7 +353,13 @@ def role_settings(config: PipelineConfig) -> dict[str, dict[str, Any]]:
     elif config.kind == "threshold":
         out["reranker"].update(scorer=config.scorer, threshold=config.threshold, max_drop=config.max_drop)
     out["generator"]["max_new_tokens"] = config.answer_max_tokens
+    out["generator"]["decoding"] = generation_config(config).to_dict()
     return out
+
+
+def generation_config(config: PipelineConfig) -> GenerationConfig:
+    """The generator role's decoding settings: each task's defaults with ``config``'s overrides."""
+    return config.generation.to_config(config.answer_max_tokens)
 
 
 def models_label(config: PipelineConfig) -> str:
@@ -400,7 +417,7 @@ def build_generator(config: PipelineConfig, backend: Any = None) -> Any:
 
     config = resolve_config(config)
     backend = backend or role_backend(config.generator)
-    return Generator(backend, load_style(config.generator.prompt_style), max_new_tokens=config.answer_max_tokens)
+    return Generator(backend, load_style(config.generator.prompt_style), generation_config(config))
 
 
 def build_pipeline(
@@ -432,6 +449,7 @@ def build_pipeline(
 
 __all__ = [
     "AUTO", "NONE", "PipelineConfig", "RerankerRoleConfig", "RoleConfig", "RoleOptions", "adapter_manifest",
-    "build_generator", "build_pipeline", "build_reranker", "default_adapter", "models_label", "resolve_config",
+    "build_generator", "build_pipeline", "build_reranker", "default_adapter", "generation_config", "models_label",
+    "resolve_config",
     "role_backend", "role_configs", "role_settings", "same_base_model",
 ]

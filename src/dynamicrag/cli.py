@@ -109,6 +109,23 @@ RerankTokensOpt = typer.Option(
     None, "--reranker-max-tokens", help="Cap on an LLM reranker's output (default: dynamic 100 as in the paper; listwise: a full permutation)"
 )
 AnswerTokensOpt = typer.Option(200, "--max-new-tokens", help="Cap on the generator's answer (paper: 200)")
+# The generator's decoding (dynamicrag.generate.GenerationConfig): unset options keep each task's default.
+GenTokensOpt = typer.Option(
+    None, "--max-new-tokens", min=1, help="Cap on every answer (default per task: 64 short answers, 8 labels, 200 paragraphs; paper: 200)"
+)
+NoRepeatOpt = typer.Option(
+    None, "--no-repeat-ngram", min=0,
+    help="No token n-gram of this size repeats within an answer (the passages may still be copied); 0: off. Default: 8 (labels: off)",
+)
+FrequencyPenaltyOpt = typer.Option(
+    None, "--frequency-penalty", min=-2.0, max=2.0, help="OpenAI-style penalty per repeated answer token (default 0)"
+)
+AnswerStopOpt = typer.Option(
+    None, "--answer-stop", help="String that ends an answer, repeatable; escapes like \\n work; 'none': no stop. Default for short answers: a paragraph break after . or !"
+)
+LabelsOpt = typer.Option(
+    True, "--label-choices/--free-labels", help="Label tasks (FEVER) answer with exactly one label (constrained decoding)"
+)
 ConstrainedOpt = typer.Option(
     None, "--constrained/--free",
     help="Constrain reranker decoding to the id grammar ([i], [j] or None) (default: the reranker adapter's, else free)",
@@ -307,6 +324,22 @@ def _pipeline_config(
             console.print(f"{role}: adapter {adapter}")
     _announce_roles(config)
     return config
+
+
+def _generation_spec(no_repeat: int | None, frequency_penalty: float | None, stop: list[str] | None, labels: bool):
+    """The generator's decoding overrides from the command line (``PipelineConfig.generation``);
+    the answer cap goes to ``answer_max_tokens``. Checked with :func:`_pipeline_config`."""
+    import codecs
+
+    from dynamicrag.generate import GenerationSpec
+
+    stops = None
+    if stop is not None:
+        stops = [] if [s.lower() for s in stop] == ["none"] else [codecs.decode(s, "unicode_escape") for s in stop]
+        if any(not s for s in stops):
+            _fail("--answer-stop takes non-empty strings (or 'none')")
+    return GenerationSpec(no_repeat_ngram_size=no_repeat, frequency_penalty=frequency_penalty, stop=stops,
+                          constrain_labels=labels)
 
 
 def _fail(message: str) -> None:
@@ -588,7 +621,11 @@ def infer(
     constrained: Optional[bool] = ConstrainedOpt,
     passage_words: Optional[int] = PassageWordsOpt,
     reranker_tokens: Optional[int] = RerankTokensOpt,
-    answer_tokens: int = AnswerTokensOpt,
+    answer_tokens: Optional[int] = GenTokensOpt,
+    no_repeat: Optional[int] = NoRepeatOpt,
+    frequency_penalty: Optional[float] = FrequencyPenaltyOpt,
+    answer_stop: Optional[list[str]] = AnswerStopOpt,
+    label_choices: bool = LabelsOpt,
     executor: ExecutorKind = ExecutorOpt,
     ray_address: Optional[str] = RayAddressOpt,
     workers: int = WorkersOpt,
@@ -616,6 +653,7 @@ def infer(
         generator_backend=generator_backend, generator_base_url=generator_base_url,
         kind=reranker.value, k=k, window=window, stride=stride, scorer=scorer, constrained=constrained,
         passage_words=passage_words, reranker_max_tokens=reranker_tokens, answer_max_tokens=answer_tokens,
+        generation=_generation_spec(no_repeat, frequency_penalty, answer_stop, label_choices),
         buffer=buffer, threshold=threshold, max_drop=max_drop,
         top_n=top_n, retrieve=retrieve, fallbacks={"top_n": 40, "constrained": False},
     )
@@ -734,7 +772,10 @@ def ask(
     ),
     passage_words: Optional[int] = PassageWordsOpt,
     reranker_tokens: Optional[int] = RerankTokensOpt,
-    answer_tokens: int = AnswerTokensOpt,
+    answer_tokens: Optional[int] = GenTokensOpt,
+    no_repeat: Optional[int] = NoRepeatOpt,
+    frequency_penalty: Optional[float] = FrequencyPenaltyOpt,
+    answer_stop: Optional[list[str]] = AnswerStopOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the record as JSON"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
@@ -748,12 +789,14 @@ def ask(
         reranker_base_url=reranker_base_url, generator_model=generator_model, generator_adapter=generator_adapter,
         generator_backend=generator_backend, generator_base_url=generator_base_url,
         constrained=constrained, passage_words=passage_words, reranker_max_tokens=reranker_tokens,
-        answer_max_tokens=answer_tokens, top_n=top_n, fallbacks=ASK_DEFAULTS,
+        answer_max_tokens=answer_tokens, generation=_generation_spec(no_repeat, frequency_penalty, answer_stop, True),
+        top_n=top_n, fallbacks=ASK_DEFAULTS,
     )
     searcher, _ = _corpus_index(corpus, retriever)
     pipeline = _load_pipeline(config, searcher)
     with console.status("reranking and answering"):
         record = pipeline.run([Example(id="ask", question=question)])[0]
+    record["attribution"] = _attribution(record)
     if as_json:
         typer.echo(json.dumps(record, ensure_ascii=False, indent=2))
         return
@@ -762,15 +805,35 @@ def ask(
         console.print(f"reranker output: {record['reranker_output']!r}")
         raise typer.Exit(1)
     typer.echo(record["answer"])
+    used = {a["position"]: a for a in record["attribution"]}
     table = Table(title=f"k = {len(record['selected'])} of {len(record['passages'])} retrieved")
     table.add_column("#", justify="right")
+    table.add_column("id")
     table.add_column("title")
     table.add_column("passage")
+    table.add_column("used by the answer")
     for rank, i in enumerate(record["selected"], 1):
         p = record["passages"][i - 1]
-        table.add_row(str(rank), p["title"], p["text"][:120] + ("..." if len(p["text"]) > 120 else ""))
+        evidence = f"yes: {used[i]['evidence'][:40]}" if i in used else ""
+        table.add_row(str(rank), p["id"], p["title"], p["text"][:120] + ("..." if len(p["text"]) > 120 else ""), evidence)
     _print_table(table)
+    ids = ", ".join(a["id"] for a in record["attribution"]) or "none of the chosen passages (by shared words)"
+    console.print(f"answer draws on: {ids}")
     console.print(f"reranker output: {record['reranker_output']!r}")
+
+
+def _attribution(record: dict) -> list[dict]:
+    """The chosen passages the answer draws on (dynamicrag.attribution), as JSON: ``position``
+    is 1-based into ``passages`` like ``selected``."""
+    from dynamicrag.attribution import attribute
+    from dynamicrag.schema import Passage
+
+    if not record.get("answer"):
+        return []
+    chosen = [Passage(id=str(p["id"]), title=p.get("title", ""), text=p["text"])
+              for p in (record["passages"][i - 1] for i in record["selected"])]
+    found = attribute(record["answer"], chosen, record["question"])
+    return [{**a.to_json(), "position": record["selected"][a.position - 1]} for a in found]
 
 
 @app.command()
@@ -800,7 +863,10 @@ def chat(
     ),
     passage_words: Optional[int] = PassageWordsOpt,
     reranker_tokens: Optional[int] = RerankTokensOpt,
-    answer_tokens: int = AnswerTokensOpt,
+    answer_tokens: Optional[int] = GenTokensOpt,
+    no_repeat: Optional[int] = NoRepeatOpt,
+    frequency_penalty: Optional[float] = FrequencyPenaltyOpt,
+    answer_stop: Optional[list[str]] = AnswerStopOpt,
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Answer questions typed one after another (`ask` in a loop; the model and the index load once).
@@ -821,7 +887,8 @@ def chat(
         reranker_base_url=reranker_base_url, generator_model=generator_model, generator_adapter=generator_adapter,
         generator_backend=generator_backend, generator_base_url=generator_base_url,
         constrained=constrained, passage_words=passage_words, reranker_max_tokens=reranker_tokens,
-        answer_max_tokens=answer_tokens, top_n=top_n, fallbacks=ASK_DEFAULTS,
+        answer_max_tokens=answer_tokens, generation=_generation_spec(no_repeat, frequency_penalty, answer_stop, True),
+        top_n=top_n, fallbacks=ASK_DEFAULTS,
     )
     searcher, _ = _corpus_index(corpus, retriever)
     pipeline = _load_pipeline(config, searcher)
@@ -869,13 +936,19 @@ def _chat_turn(pipeline, example) -> None:
         return
     start = time.perf_counter()
     started = False
+    pieces = []
     for piece in pipeline.generator.stream(example, selection):
         if not started:
             piece = piece.lstrip()  # as `ask` strips the answer
             started = bool(piece)
+        pieces.append(piece)
         typer.echo(piece, nl=False)
     typer.echo()
-    console.print(f"[dim]answered in {time.perf_counter() - start:.1f} s[/dim]", highlight=False)
+    record = {"question": example.question, "answer": "".join(pieces).strip(), "selected": selection.ids,
+              "passages": [p.model_dump() for p in example.passages]}
+    ids = ", ".join(a["id"] for a in _attribution(record)) or "none of the chosen passages (by shared words)"
+    console.print(f"[dim]answered in {time.perf_counter() - start:.1f} s; the answer draws on: {ids}[/dim]",
+                  highlight=False)
 
 
 @app.command()

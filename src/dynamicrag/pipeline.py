@@ -93,8 +93,16 @@ class Pipeline:
     def _run_batch(self, examples: list[Example]) -> list[dict[str, Any]]:
         selections: list[Selection] = self.reranker.select(examples)
         usable = [i for i, sel in enumerate(selections) if sel.error is None]
-        answers = self.generator.answer([examples[i] for i in usable], [selections[i] for i in usable])
-        answer_of = dict(zip(usable, answers))
+        completions = self.generator.complete([examples[i] for i in usable], [selections[i] for i in usable])
+        completion_of = dict(zip(usable, completions))
         # An unusable reranker output leaves the record without an answer: it is counted as
         # failed (error set), never silently answered some other way or dropped.
-        return [to_record(ex, sel, answer_of.get(i)) for i, (ex, sel) in enumerate(zip(examples, selections))]
+        records = []
+        for i, (ex, sel) in enumerate(zip(examples, selections)):
+            completion = completion_of.get(i)
+            record = to_record(ex, sel, completion.text if completion else None)
+            if completion is not None and "snapped_from" in completion.extra:
+                # A label snapped after the fact (the backend could not constrain): keep the model's text.
+                record["answer_raw"] = completion.extra["snapped_from"]
+            records.append(record)
+        return records

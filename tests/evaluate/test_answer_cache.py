@@ -95,3 +95,38 @@ def test_the_dtype_a_generator_computes_in_is_part_of_the_fingerprint():
     fp32 = generator_fingerprint(Described("float32"), 8)
     assert fp32 == generator_fingerprint(ScriptedBackend(), 8)  # caches written in fp32 keep their keys
     assert generator_fingerprint(Described("bfloat16"), 8) == {**fp32, "dtype": "bfloat16"}
+
+
+def test_other_decoding_settings_never_reuse_cached_answers(tmp_path):
+    """Issue 17: the generator's decoding (n-gram ban, stop strings, frequency penalty, label
+    constraint, caps) is part of the key, so a changed setting asks the backend again."""
+    from dynamicrag.generate import GenerationConfig
+
+    ex, sel = example(0), Selection(ids=[1])
+    with AnswerCache(tmp_path / "cache.jsonl") as cache:
+        CachedGenerator(ScriptedBackend(), cache=cache).answer([ex], [sel])
+        for changed in (GenerationConfig(no_repeat_ngram_size=0), GenerationConfig(stop=("\n",)),
+                        GenerationConfig(frequency_penalty=0.5), GenerationConfig(constrain_labels=False),
+                        GenerationConfig(max_new_tokens=16)):
+            backend = ScriptedBackend()
+            CachedGenerator(backend, config=changed, cache=cache).answer([ex], [sel])
+            assert len(backend.calls) == 1, changed
+        same = ScriptedBackend()
+        assert CachedGenerator(same, config=GenerationConfig(), cache=cache).answer([ex], [sel]) == ["in t1 now"]
+        assert same.calls == []
+
+
+def test_each_task_is_asked_with_its_own_decoding_settings(tmp_path):
+    from dynamicrag.generate import FEVER_CHOICES
+
+    class Recording(ScriptedBackend):
+        def generate(self, chats, params):
+            self.params = [*getattr(self, "params", []), params]
+            return super().generate(chats, params)
+
+    backend = Recording()
+    fever = example(1).model_copy(update={"task": "fever"})
+    with AnswerCache(tmp_path / "cache.jsonl") as cache:
+        CachedGenerator(backend, cache=cache).answer([example(0), fever], [Selection(ids=[1])] * 2)
+    assert sorted(p.choices is not None for p in backend.params) == [False, True]
+    assert next(p for p in backend.params if p.choices).choices == FEVER_CHOICES

@@ -61,6 +61,7 @@ def test_benchmark_runs_every_pair_and_writes_one_comparison(shared_data, tmp_pa
     comparison = json.loads((out / "comparison.json").read_text())
     assert set(comparison["runs"]) == {f"{b}/{r}" for b in ("nq", "hotpotqa") for r in ("none", "top-2", "pointwise-1")} | {
         "nq/adaptive-k", "nq/oracle-k"}
+    assert comparison["generation"]["tasks"]["default"]["max_new_tokens"] == 8  # the decoding used is recorded
     nq_top2 = [json.loads(line) for line in (out / "runs" / "nq" / "top-2.jsonl").read_text().splitlines()]
     assert len(nq_top2) == 3 and all(r["selected"] == [1, 2] and len(r["passages"]) == 4 for r in nq_top2)
     assert all(r["reranker"] == "top-2" and r["benchmark"] == "nq" for r in nq_top2)

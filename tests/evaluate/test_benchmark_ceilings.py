@@ -129,7 +129,7 @@ def test_other_generator_settings_never_reuse_cached_answers(data):
 def test_a_run_file_of_another_generator_setting_is_not_resumed(data):
     out = data / "out"
     run_benchmark(config(rows=ROWS[:2]), data, out, backend=ScriptedBackend())
-    with pytest.raises(ValueError, match=r"none\.jsonl: 4 records written with other settings \(generator\.max_new_tokens: 8 -> 16\)"):
+    with pytest.raises(ValueError, match=r"none\.jsonl: 4 records written with other settings \(generator\.generation\.overrides\.max_new_tokens: 8 -> 16;.*generator\.max_new_tokens: 8 -> 16\)"):
         run_benchmark(config(rows=ROWS[:2], answer_max_tokens=16), data, out, backend=ScriptedBackend())
 
 

@@ -13,6 +13,7 @@ import openai
 import pytest
 
 from dynamicrag.llm import SamplingParams, load_backend
+from dynamicrag.llm.base import loop_frequency_penalty, snap_to_choice
 from dynamicrag.llm.constrain import ID_LIST_REGEX, is_complete
 from dynamicrag.llm.openai_backend import ID_LIST_GBNF, OpenAIBackend, guided_extra_body
 from dynamicrag.serve import BackgroundServer, create_openai_app
@@ -69,6 +70,26 @@ def test_http_constrained_decoding_and_stop(http):
 
 
 @pytest.mark.slow
+def test_http_labels_and_answer_only_ngram_ban(smollm, server, http):
+    labels = ("SUPPORTS", "REFUTES", "NEI")
+    claim = [user('Claim: the sun is cold. Answer "SUPPORTS", "REFUTES" or "NEI".')]
+    # dynamicrag's server constrains (guided_choice) exactly like the in-process backend.
+    [[remote]] = http.generate(claim, SamplingParams(max_new_tokens=8, choices=labels))
+    [[direct]] = smollm.generate(claim, SamplingParams(max_new_tokens=8, choices=labels))
+    assert remote.text == direct.text and remote.text in labels and "snapped_from" not in remote.extra
+    # A server asked for no constraint: the free answer is snapped to a label, the raw text kept.
+    free = OpenAIBackend(server.base_url, "smollm2", guided_decoding="none")
+    [[snapped]] = free.generate(claim, SamplingParams(max_new_tokens=24, choices=labels))
+    raw = snapped.extra["snapped_from"]
+    assert raw and snapped.text == (snap_to_choice(raw, labels) or raw)
+    assert snapped.extra["snapped"] == (snapped.text in labels)
+    # The n-gram ban reaches the server as is: same text as in process.
+    loop = [user("Repeat the words 'red blue green' ten times.")]
+    params = SamplingParams(max_new_tokens=24, no_repeat_ngram_size=3)
+    assert http.generate(loop, params)[0][0].text == smollm.generate(loop, params)[0][0].text
+
+
+@pytest.mark.slow
 def test_models_endpoint_and_errors(server):
     client = openai.OpenAI(base_url=server.base_url, api_key="EMPTY", max_retries=0)
     assert [m.id for m in client.models.list().data] == ["smollm2"]
@@ -116,6 +137,17 @@ def test_request_mapping_and_guided_decoding_dialects():
     assert guided_extra_body("dynamicrag", 5) == {"id_list_max": 5}
     with pytest.raises(ValueError, match="guided_decoding='none'"):
         guided_extra_body("none", 5)
+    # Loop control and labels per dialect.
+    loops = SamplingParams(no_repeat_ngram_size=8)
+    assert backend.request_kwargs(loops)["frequency_penalty"] == loop_frequency_penalty(loops) > 0
+    assert "extra_body" not in backend.request_kwargs(loops)
+    ours = OpenAIBackend("http://127.0.0.1:1/v1", "m", guided_decoding="dynamicrag")
+    assert ours.request_kwargs(loops)["extra_body"] == {"no_repeat_ngram_size": 8}
+    assert "frequency_penalty" not in ours.request_kwargs(loops)
+    labels = SamplingParams(choices=("A", "B"))
+    assert backend.request_kwargs(labels)["extra_body"] == {"structured_outputs": {"choice": ["A", "B"]}}
+    assert ours.request_kwargs(labels)["extra_body"] == {"guided_choice": ["A", "B"]}
+    assert "extra_body" not in OpenAIBackend("http://127.0.0.1:1/v1", "m", guided_decoding="none").request_kwargs(labels)
     names = r"\['dynamicrag', 'grammar', 'guided_regex', 'none', 'structured_outputs'\]"
     with pytest.raises(ValueError, match=names):
         OpenAIBackend("http://127.0.0.1:1/v1", "m", guided_decoding="xgrammar")

@@ -68,5 +68,8 @@ def test_llamacpp_backend_runs_the_bundled_gguf_like_transformers(smollm):
     assert llama.generate([chat], greedy)[0][0].text == smollm.generate([chat], greedy)[0][0].text
     [[constrained]] = llama.generate([chat], SamplingParams(max_new_tokens=16, id_list_max=5))
     assert is_complete(constrained.text, 5), constrained.text
+    labels = ("SUPPORTS", "REFUTES", "NEI")
+    [[label]] = llama.generate([chat], SamplingParams(max_new_tokens=8, choices=labels))
+    assert label.text in labels  # the GBNF alternation of the labels
     del llama
     gc.collect()

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 from dynamicrag.llm import SamplingParams
+from dynamicrag.llm.base import LOOP_FREQUENCY_PENALTY
 from dynamicrag.llm.constrain import ID_LIST_REGEX
 from dynamicrag.llm.vllm_backend import VLLMBackend
 
@@ -106,3 +107,18 @@ def test_id_grammar_uses_the_structured_outputs_class_of_the_installed_vllm(monk
     assert type(constraint).__name__ == ("StructuredOutputsParams" if new_vllm else "GuidedDecodingParams")
     assert constraint.kwargs == {"regex": ID_LIST_REGEX}
     assert params.kwargs == {"temperature": 0.0, "top_p": 1.0, "max_tokens": 200, "n": 1}
+
+
+@pytest.mark.parametrize("new_vllm", [True, False])
+def test_labels_are_a_guided_choice_and_the_ngram_ban_a_frequency_penalty(monkeypatch, new_vllm):
+    module = fake_vllm(structured_outputs=new_vllm)
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    monkeypatch.setitem(sys.modules, "vllm.sampling_params", module.sampling_params)
+    backend = VLLMBackend("m")
+    labels = backend.sampling_params(SamplingParams(max_new_tokens=8, choices=("SUPPORTS", "REFUTES", "NEI")))
+    constraint = labels.kwargs.pop("structured_outputs" if new_vllm else "guided_decoding")
+    assert constraint.kwargs == {"choice": ["SUPPORTS", "REFUTES", "NEI"]}
+    loops = backend.sampling_params(SamplingParams(no_repeat_ngram_size=8))
+    assert loops.kwargs["frequency_penalty"] == LOOP_FREQUENCY_PENALTY  # vLLM has no n-gram ban
+    explicit = backend.sampling_params(SamplingParams(no_repeat_ngram_size=8, frequency_penalty=0.2))
+    assert explicit.kwargs["frequency_penalty"] == 0.2

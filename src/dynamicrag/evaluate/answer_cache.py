@@ -5,10 +5,10 @@ of a question is also the oracle-k prompt for k = 1, a single-passage oracle pro
 the gold prompt. The cache answers each prompt once and reuses it across rows and reruns.
 
 The key is a hash of the generator's fingerprint (backend, model and its files, LoRA adapter
-and its files, decoding settings, backend options) and the exact chat sent to it, so a change
-of any generator setting never reuses an answer made under another. Entries go to an
-append-only JSONL file (one line per answer, flushed as written); a run killed mid-write loses
-at most the partial last line.
+and its files, dtype, decoding settings of every task, backend options) and the exact chat
+sent to it, so a change of any generator setting never reuses an answer made under another.
+Entries go to an append-only JSONL file (one line per answer, flushed as written); a run killed
+mid-write loses at most the partial last line.
 
 Example:
     >>> cache = AnswerCache(out_dir / "answer_cache.jsonl")  # doctest: +SKIP
@@ -28,7 +28,7 @@ from typing import Any
 
 from dynamicrag.data import ResumableJsonlWriter, read_jsonl
 from dynamicrag.generate import Generator
-from dynamicrag.llm.base import Backend, Chat
+from dynamicrag.llm.base import Backend, Chat, Completion, SamplingParams
 from dynamicrag.schema import Example, Selection
 
 logger = logging.getLogger(__name__)
@@ -46,10 +46,11 @@ def local_files(model: str) -> list[list[Any]] | None:
 
 def generator_fingerprint(
     backend: Backend,
-    max_new_tokens: int,
+    max_new_tokens: int | None,
     temperature: float = 0.0,
     options: Mapping[str, Any] | None = None,
     adapter: str | None = None,
+    generation: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What, besides the prompt, decides a generator's answer.
 
@@ -60,6 +61,10 @@ def generator_fingerprint(
         temperature: Sampling temperature (0: greedy).
         options: Backend options (``base_url``, ``batch_size``, ...).
         adapter: The LoRA adapter folder the generator runs (default: the backend's ``adapter``).
+        generation: The generator's decoding settings per task
+            (:meth:`~dynamicrag.generate.GenerationConfig.to_dict`: stop strings, n-gram ban,
+            frequency penalty, label choices, caps), so that answers made under other decoding
+            are never reused.
 
     Returns:
         A JSON-serialisable dict: backend, model, the model's local files (see above), decoding
@@ -76,6 +81,8 @@ def generator_fingerprint(
         "temperature": temperature,
         "options": dict(sorted((options or {}).items())),
     }
+    if generation is not None:
+        out["generation"] = json.loads(json.dumps(generation))  # plain JSON (tuples -> lists), as hashed
     adapter = adapter or getattr(backend, "adapter", None)
     if adapter:
         out.update(adapter=str(adapter), adapter_files=local_files(str(adapter)))
@@ -160,10 +167,12 @@ class CachedGenerator(Generator):
     log: list[tuple[str, bool]] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # max_new_tokens / temperature shorthands into the decoding config
         if self.cache is None:
             raise ValueError("CachedGenerator needs a cache")
         self.fingerprint = generator_fingerprint(
-            self.backend, self.max_new_tokens, self.temperature, self.backend_options, self.adapter
+            self.backend, self.config.max_new_tokens, self.config.temperature, self.backend_options, self.adapter,
+            generation=self.settings(),
         )
         self._fingerprint_digest = _digest(self.fingerprint)
 
@@ -171,26 +180,30 @@ class CachedGenerator(Generator):
         """The cache key of ``chat`` under this generator's settings."""
         return _digest([self._fingerprint_digest, chat])
 
-    def answer(self, examples: Sequence[Example], selections: Sequence[Selection]) -> list[str]:
-        """Answers in input order; only prompts never answered before reach the backend."""
+    def complete(self, examples: Sequence[Example], selections: Sequence[Selection]) -> list[Completion]:
+        """Completions in input order (the text only: a cached answer keeps no token counts or
+        ``extra``); only prompts never answered before reach the backend, each with its
+        example's task's decoding settings."""
         if not examples:
             return []
         assert self.cache is not None
         chats = [self.chat(ex, sel) for ex, sel in zip(examples, selections)]
         keys = [self.key(chat) for chat in chats]
-        todo: dict[str, Chat] = {}  # first-seen order; a prompt twice in a batch is asked once
-        for key, chat in zip(keys, chats):
+        todo: dict[str, tuple[Chat, SamplingParams]] = {}  # first-seen order; a prompt twice is asked once
+        for ex, key, chat in zip(examples, keys, chats):
             if key not in self.cache and key not in todo:
-                todo[key] = chat
-        if todo:
-            completions = self.backend.generate(list(todo.values()), self.params())
-            for key, completion in zip(todo, completions):
+                todo[key] = (chat, self.params(ex.task))
+        by_params: dict[SamplingParams, list[str]] = {}
+        for key, (_, params) in todo.items():
+            by_params.setdefault(params, []).append(key)
+        for params, batch in by_params.items():
+            for key, completion in zip(batch, self.backend.generate([todo[k][0] for k in batch], params)):
                 self.cache.put(key, completion[0].text.strip())
         generated = set(todo)
         for ex, key in zip(examples, keys):
             self.log.append((ex.id, key in generated))
             generated.discard(key)  # a second ask of the same prompt is a reuse
-        return [self.cache.get(key) for key in keys]  # type: ignore[misc]
+        return [Completion(text=self.cache.get(key)) for key in keys]  # type: ignore[arg-type]
 
     def take_log(self) -> list[tuple[str, bool]]:
         """The log so far, emptied."""

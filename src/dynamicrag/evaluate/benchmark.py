@@ -40,14 +40,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dynamicrag.build import (
-    LLM_RERANKERS, NONE, PipelineConfig, RoleOptions, build_pipeline, resolve_config, role_backend, role_configs,
-    role_settings,
+    LLM_RERANKERS, NONE, PipelineConfig, RoleOptions, build_pipeline, generation_config, resolve_config, role_backend,
+    role_configs, role_settings,
 )
 from dynamicrag.data import atomic_write_json, atomic_write_text, load_corpus, load_examples, read_jsonl
 from dynamicrag.evaluate.answer_cache import AnswerCache, CachedGenerator, local_files
 from dynamicrag.evaluate.ceilings import ORACLES, Oracle, oracle_summary
 from dynamicrag.evaluate.compare import COMPARISON_STEM, MAIN, compare_runs, format_p, write_comparison
 from dynamicrag.executors import run_resumable
+from dynamicrag.generate import GenerationConfig, GenerationSpec
 from dynamicrag.llm.base import Backend
 from dynamicrag.pipeline import with_passages
 from dynamicrag.prompts import load_style
@@ -119,10 +120,17 @@ class BenchmarkConfig(BaseModel):
     prompt_style: str | None = Field(None, description="Default: the reranker adapter's, else default")
     reranker: RoleOptions | None = Field(None, description="The reranker role's own model, adapter, backend")
     generator: RoleOptions | None = Field(None, description="The generator role's own model, adapter, backend")
-    answer_max_tokens: int = Field(200, ge=1, description="Generator cap (paper: 200)")
+    answer_max_tokens: int | None = Field(
+        None, ge=1, description="Generator cap for every task (same as generation.max_new_tokens); default: the task's"
+    )
+    generation: GenerationSpec = Field(default_factory=GenerationSpec, description="The generator's decoding")
     batch_size: int = Field(8, ge=1)
     benchmarks: list[BenchmarkSpec]
     rerankers: list[RerankerSpec]
+
+    def generation_config(self) -> GenerationConfig:
+        """The generator's decoding settings this config asks for."""
+        return self.generation.to_config(self.answer_max_tokens)
 
     def model_post_init(self, _context) -> None:
         names = {b.name for b in self.benchmarks}
@@ -152,7 +160,8 @@ class BenchmarkConfig(BaseModel):
             **roles, kind=spec.kind if spec.kind in RERANKERS else "none", k=spec.k, window=spec.window,
             stride=spec.stride, scorer=spec.scorer, buffer=spec.buffer, threshold=spec.threshold,
             max_drop=spec.max_drop, constrained=spec.constrained, passage_words=spec.passage_words,
-            reranker_max_tokens=spec.max_new_tokens, answer_max_tokens=self.answer_max_tokens, top_n=bench.top_n,
+            reranker_max_tokens=spec.max_new_tokens, answer_max_tokens=self.answer_max_tokens,
+            generation=self.generation, top_n=bench.top_n,
             # From a corpus, every example retrieves (its own gold passage, if any, marks the
             # retrieved ones); own_passages: the example's own passages instead (the gold row).
             retrieve=bench.passages == "corpus" and not spec.own_passages,
@@ -169,11 +178,16 @@ def load_config(path: str | Path) -> BenchmarkConfig:
     """Read and validate a YAML config; errors name the file and the field."""
     path = Path(path)
     try:
-        return BenchmarkConfig.model_validate(yaml.safe_load(path.read_text("utf-8")))
+        config = BenchmarkConfig.model_validate(yaml.safe_load(path.read_text("utf-8")))
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise ValueError(f"{path}: field '{where}': {first['msg']}") from None
+    try:
+        config.generation_config()
+    except ValueError as err:
+        raise ValueError(f"{path}: field 'generation': {err}") from None
+    return config
 
 
 def _retriever(spec: BenchmarkSpec, data_dir: Path, out_dir: Path):
@@ -337,12 +351,12 @@ def run_benchmark(
 
         def generator_of(pipeline: PipelineConfig) -> CachedGenerator:
             role = pipeline.generator
-            key = f"{role.model_dump_json()}|{pipeline.answer_max_tokens}"
+            key = f"{role.model_dump_json()}|{pipeline.answer_max_tokens}|{pipeline.generation.model_dump_json()}"
             if key not in generators:
                 options = {**role.backend_options, **({"base_url": role.base_url} if role.base_url else {})}
                 generators[key] = CachedGenerator(
                     backend or role_backend(role), load_style(role.prompt_style),
-                    max_new_tokens=pipeline.answer_max_tokens, cache=cache, backend_options=options,
+                    generation_config(pipeline), cache=cache, backend_options=options,
                     adapter=None if role.adapter == NONE else role.adapter,
                 )
             return generators[key]
@@ -380,6 +394,7 @@ def run_benchmark(
     comparison = {
         "runs": summary, "seconds": seconds, "generator": costs, "ceilings": ceilings,
         "best_fixed_k": best, "paired": paired, "settings": settings,
+        "generation": config.generation_config().to_dict(),  # the generator's decoding, per task
     }
     forest = [path for bench, result in paired.items()
               for path in write_comparison(result, out_dir, stem=f"{COMPARISON_STEM}_{bench}") if path.suffix == ".png"]

@@ -7,7 +7,9 @@ or against any OpenAI-compatible server.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import dataclasses
+import re
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -31,6 +33,19 @@ class SamplingParams:
         id_list_max: When set, decoding is constrained to the reranker's id grammar
             (``None`` or ``[i], [j], ...`` with distinct ids in 1..id_list_max), so every
             output is well-formed by construction. Backends that cannot constrain raise.
+        no_repeat_ngram_size: When set, no n-gram of this many tokens occurs twice in the
+            completion. Only generated tokens count, never the prompt, so an answer may still
+            copy a passage word for word (transformers' own ``no_repeat_ngram_size`` counts the
+            prompt too). Exact on the transformers backend and on dynamicrag's own server;
+            vLLM, llama.cpp and other OpenAI-compatible servers have no n-gram ban and get
+            :func:`loop_frequency_penalty` instead.
+        frequency_penalty: OpenAI's frequency penalty: each token's logit is lowered by this
+            much per earlier occurrence in the completion (output tokens only, as on OpenAI
+            and vLLM). 0 is off.
+        choices: When set, the completion is exactly one of these strings (a label set such as
+            FEVER's). Constrained on transformers (a token trie), vLLM and servers that accept a
+            choice constraint; otherwise the free text is snapped to the first choice it names
+            and the completion records ``extra["snapped_from"]`` (see :func:`snap_to_choice`).
     """
 
     temperature: float = 0.0
@@ -40,6 +55,9 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     id_list_max: int | None = None
+    no_repeat_ngram_size: int | None = None
+    frequency_penalty: float = 0.0
+    choices: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -50,6 +68,19 @@ class SamplingParams:
             raise ValueError("max_new_tokens and n must be >= 1")
         if self.id_list_max is not None and self.id_list_max < 1:
             raise ValueError(f"id_list_max must be >= 1, got {self.id_list_max}")
+        if isinstance(self.stop, str) or any(not isinstance(s, str) or not s for s in self.stop):
+            raise ValueError(f"stop must be a tuple of non-empty strings, got {self.stop!r}")
+        if self.no_repeat_ngram_size is not None and self.no_repeat_ngram_size < 1:
+            raise ValueError(f"no_repeat_ngram_size must be >= 1 or None, got {self.no_repeat_ngram_size}")
+        if not -2 <= self.frequency_penalty <= 2:
+            raise ValueError(f"frequency_penalty must be in [-2, 2] (as in OpenAI's API), got {self.frequency_penalty}")
+        if self.choices is not None:
+            if isinstance(self.choices, list):
+                object.__setattr__(self, "choices", tuple(self.choices))  # frozen: hashable settings
+            if isinstance(self.choices, str) or not self.choices or not all(c and isinstance(c, str) for c in self.choices):
+                raise ValueError(f"choices must be a non-empty tuple of non-empty strings, got {self.choices!r}")
+            if self.id_list_max is not None:
+                raise ValueError("choices and id_list_max are two different constraints; set one")
 
 
 @dataclass
@@ -61,6 +92,62 @@ class Completion:
     completion_tokens: int = 0
     finish_reason: str | None = None
     extra: dict = field(default_factory=dict)
+
+
+# What a backend without an n-gram ban sends for ``no_repeat_ngram_size`` (see
+# loop_frequency_penalty); chosen on the bundled model, see docs/decoding.md.
+LOOP_FREQUENCY_PENALTY = 0.5
+
+
+def loop_frequency_penalty(params: SamplingParams) -> float:
+    """The ``frequency_penalty`` a backend without an n-gram ban sends for ``params``.
+
+    vLLM, llama.cpp and most OpenAI-compatible servers cannot ban repeated n-grams, but all of
+    them have OpenAI's ``frequency_penalty``, which also counts output tokens only. When
+    ``no_repeat_ngram_size`` is set and no ``frequency_penalty`` was given, they use
+    :data:`LOOP_FREQUENCY_PENALTY` instead. It is a softer, different control: it lowers every
+    repeated *token* a little (common words too) rather than forbidding a repeated *n-gram*, so
+    a loop is discouraged rather than made impossible, and outputs differ from the
+    transformers backend's.
+
+    Args:
+        params: The backend-neutral settings.
+
+    Returns:
+        ``params.frequency_penalty`` when set, else the stand-in when an n-gram ban was asked
+        for, else 0.
+    """
+    if params.frequency_penalty:
+        return params.frequency_penalty
+    return LOOP_FREQUENCY_PENALTY if params.no_repeat_ngram_size else 0.0
+
+
+def snap_to_choice(text: str, choices: Sequence[str]) -> str | None:
+    """The choice a free-text answer names first (case-insensitive, whole words), or None.
+
+    For backends that cannot constrain decoding to ``SamplingParams.choices``.
+
+    Example:
+        >>> snap_to_choice('The claim is "refutes".', ["SUPPORTS", "REFUTES", "NEI"])
+        'REFUTES'
+    """
+    best: tuple[int, str] | None = None
+    for choice in choices:
+        found = re.search(rf"(?<!\w){re.escape(choice)}(?!\w)", text, flags=re.IGNORECASE)
+        if found and (best is None or found.start() < best[0]):
+            best = (found.start(), choice)
+    return best[1] if best else None
+
+
+def snapped_completion(completion: Completion, choices: Sequence[str]) -> Completion:
+    """``completion`` with its text snapped to one of ``choices``, the raw text kept in ``extra``.
+
+    The text is left as it was when it names no choice (``extra["snapped_from"]`` is still set,
+    with ``extra["snapped"]`` False), so the answer is scored as the model wrote it.
+    """
+    choice = snap_to_choice(completion.text, choices)
+    extra = {**completion.extra, "snapped_from": completion.text, "snapped": choice is not None}
+    return dataclasses.replace(completion, text=choice if choice is not None else completion.text, extra=extra)
 
 
 @runtime_checkable
@@ -112,3 +199,33 @@ def stream_text(backend: Backend, chat: Chat, params: SamplingParams) -> Iterato
         yield from backend.stream(chat, params)
     else:
         yield backend.generate([chat], params)[0][0].text
+
+
+def cut_at_stop(pieces: Iterable[str], stop: Sequence[str]) -> Iterator[str]:
+    """Streamed ``pieces`` of a text up to its first stop string, which is not yielded: the
+    same text a backend's completion keeps (``SamplingParams.stop``).
+
+    The last ``len(longest stop) - 1`` characters are held back until it is known that no stop
+    string starts in them, so nothing yielded is ever taken back.
+
+    Example:
+        >>> "".join(cut_at_stop(["Paris is", " the capital.", "\n", "\nIt is"], (".\n\n",)))
+        'Paris is the capital'
+    """
+    if not stop:
+        yield from pieces
+        return
+    hold = max(map(len, stop)) - 1
+    buffer = ""
+    for piece in pieces:
+        buffer += piece
+        cut = min((p for p in (buffer.find(s) for s in stop) if p >= 0), default=-1)
+        if cut >= 0:
+            if cut:
+                yield buffer[:cut]
+            return
+        if len(buffer) > hold:
+            yield buffer[:len(buffer) - hold]
+            buffer = buffer[len(buffer) - hold:]
+    if buffer:
+        yield buffer

@@ -16,9 +16,9 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from dynamicrag.llm.base import Chat, Completion, SamplingParams
+from dynamicrag.llm.base import Chat, Completion, SamplingParams, loop_frequency_penalty
 from dynamicrag.llm.models import bundled_gguf_path
-from dynamicrag.llm.openai_backend import ID_LIST_GBNF
+from dynamicrag.llm.openai_backend import ID_LIST_GBNF, choice_gbnf
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,9 @@ class LlamaCppBackend:
     """Generate with llama.cpp through ``llama_cpp.Llama.create_chat_completion``.
 
     The chat template is the one stored in the GGUF file. Sampling matches the other
-    backends: no top-k, min-p or repetition penalty unless given in ``llama_kwargs``.
+    backends: no top-k, min-p or repetition penalty unless given in ``llama_kwargs``. A label
+    set (``choices``) is enforced with a GBNF alternation; ``no_repeat_ngram_size`` becomes a
+    ``frequency_penalty`` (:func:`~dynamicrag.llm.base.loop_frequency_penalty`).
 
     Args:
         model_path: A ``.gguf`` file; ``None`` for the bundled SmolLM2-135M-Instruct.
@@ -82,7 +84,9 @@ class LlamaCppBackend:
             "top_p": params.top_p,
             "top_k": 0,
             "min_p": 0.0,
-            "repeat_penalty": 1.0,
+            "repeat_penalty": 1.0,  # counts the prompt too; frequency_penalty counts the output only
+            # llama.cpp has no n-gram ban: see loop_frequency_penalty.
+            "frequency_penalty": loop_frequency_penalty(params),
             "max_tokens": params.max_new_tokens,
             "stop": list(params.stop) or None,
         }
@@ -90,6 +94,8 @@ class LlamaCppBackend:
             if self._grammar is None:
                 self._grammar = self._llama_cpp.LlamaGrammar.from_string(ID_LIST_GBNF, verbose=False)
             kwargs["grammar"] = self._grammar
+        if params.choices is not None:
+            kwargs["grammar"] = self._llama_cpp.LlamaGrammar.from_string(choice_gbnf(params.choices), verbose=False)
         results = []
         for chat in chats:
             completions = []

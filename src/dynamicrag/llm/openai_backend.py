@@ -18,6 +18,14 @@ sent when ``SamplingParams.id_list_max`` is set (see :data:`GUIDED_DECODING`):
 
 With a regex or grammar, in-range and distinct ids are left to the reranker's parser.
 
+A label set (``SamplingParams.choices``) goes the same way (:func:`choice_extra_body`):
+``{"structured_outputs": {"choice": [...]}}``, ``{"guided_choice": [...]}`` (vLLM before
+0.12, and dynamicrag's own server), or a GBNF alternation; with ``"none"`` the free answer is
+snapped to the first label it names and the completion keeps the model's text in
+``extra["snapped_from"]``. Loop control: OpenAI's ``frequency_penalty`` is sent as given;
+``no_repeat_ngram_size`` reaches dynamicrag's own server as is, and every other server gets
+the frequency-penalty stand-in of :func:`~dynamicrag.llm.base.loop_frequency_penalty`.
+
 Example:
     >>> llm = OpenAIBackend("http://127.0.0.1:8000/v1", "Qwen/Qwen2.5-7B-Instruct")
     >>> llm.generate([[{"role": "user", "content": "Hi"}]], SamplingParams(max_new_tokens=8))
@@ -25,13 +33,14 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from dynamicrag.llm.base import Chat, Completion, SamplingParams
+from dynamicrag.llm.base import Chat, Completion, SamplingParams, loop_frequency_penalty, snapped_completion
 from dynamicrag.llm.constrain import ID_LIST_REGEX
 
 logger = logging.getLogger(__name__)
@@ -76,6 +85,29 @@ def guided_extra_body(guided_decoding: str, id_list_max: int) -> dict[str, Any]:
             "id_list_max needs constrained decoding, but guided_decoding='none'; "
             f"pick one of {sorted(GUIDED_DECODING)} that the server supports"
         )
+    raise ValueError(f"unknown guided_decoding {guided_decoding!r}; choose one of {sorted(GUIDED_DECODING)}")
+
+
+def choice_gbnf(choices: Sequence[str]) -> str:
+    """A GBNF grammar (llama.cpp) whose language is exactly ``choices``."""
+    return "root ::= " + " | ".join(json.dumps(c) for c in choices)
+
+
+def choice_extra_body(guided_decoding: str, choices: Sequence[str]) -> dict[str, Any] | None:
+    """The request fields that constrain a server to one of ``choices``, or None when it cannot
+    (``"none"``: the caller snaps the free answer instead).
+
+    Raises:
+        ValueError: Unknown ``guided_decoding``.
+    """
+    if guided_decoding == "structured_outputs":
+        return {"structured_outputs": {"choice": list(choices)}}
+    if guided_decoding in ("guided_regex", "dynamicrag"):
+        return {"guided_choice": list(choices)}
+    if guided_decoding == "grammar":
+        return {"grammar": choice_gbnf(choices)}
+    if guided_decoding == "none":
+        return None
     raise ValueError(f"unknown guided_decoding {guided_decoding!r}; choose one of {sorted(GUIDED_DECODING)}")
 
 
@@ -179,8 +211,19 @@ class OpenAIBackend:
             kwargs["seed"] = params.seed
         if params.stop:
             kwargs["stop"] = list(params.stop)
+        extra_body: dict[str, Any] = {}
         if params.id_list_max is not None:
-            kwargs["extra_body"] = guided_extra_body(self.guided_decoding, params.id_list_max)
+            extra_body.update(guided_extra_body(self.guided_decoding, params.id_list_max))
+        if params.choices is not None:
+            extra_body.update(choice_extra_body(self.guided_decoding, params.choices) or {})
+        if self.guided_decoding == "dynamicrag" and params.no_repeat_ngram_size:
+            extra_body["no_repeat_ngram_size"] = params.no_repeat_ngram_size  # exact there
+            if params.frequency_penalty:
+                kwargs["frequency_penalty"] = params.frequency_penalty
+        elif penalty := loop_frequency_penalty(params):
+            kwargs["frequency_penalty"] = penalty
+        if extra_body:
+            kwargs["extra_body"] = extra_body
         return kwargs
 
     def generate(self, chats: Sequence[Chat], params: SamplingParams) -> list[list[Completion]]:
@@ -197,7 +240,10 @@ class OpenAIBackend:
         if not chats:
             return []
         with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(chats))) as pool:
-            return list(pool.map(lambda chat: self._one(chat, kwargs, params), chats))
+            results = list(pool.map(lambda chat: self._one(chat, kwargs, params), chats))
+        if params.choices is not None and choice_extra_body(self.guided_decoding, params.choices) is None:
+            results = [[snapped_completion(c, params.choices) for c in completions] for completions in results]
+        return results
 
     def _one(self, chat: Chat, kwargs: dict[str, Any], params: SamplingParams) -> list[Completion]:
         import openai

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from dynamicrag.llm.base import Chat, Completion, SamplingParams
+from dynamicrag.llm.base import Chat, Completion, SamplingParams, cut_at_stop
 from dynamicrag.llm.constrain import is_complete, is_valid_prefix
 from dynamicrag.llm.lora import adapter_active, attach_adapter
 from dynamicrag.llm.models import resolve_model
@@ -389,6 +389,7 @@ class TransformersBackend:
         self.eos_ids = sorted(set(eos) | {self.tokenizer.eos_token_id} - {None})
         self.pad_id = self.tokenizer.pad_token_id
         self._constraint: _IdListConstraint | None = None
+        self._choice_constraints: dict[tuple[str, ...], Any] = {}  # label set -> ChoiceConstraint
         self.adapter = adapter
         self.adapter_name: str | None = None
         if adapter:
@@ -489,6 +490,7 @@ class TransformersBackend:
                 self._constraint = _IdListConstraint(self.tokenizer, self.eos_ids)
             allowed = self._constraint.prefix_fn(prompt_len, params.id_list_max, self.pad_id)
             kwargs["prefix_allowed_tokens_fn"] = allowed
+        kwargs.update(self._decoding_controls(params, prompt_len))
         out = self.lm.generate(**batch, **kwargs, **extra)  # (batch * n_gen, prompt_len + new)
         n_gen = 1 if greedy else params.n
         completions = []
@@ -499,13 +501,36 @@ class TransformersBackend:
             completions.append([dataclasses.replace(texts[0]) for _ in range(params.n)] if greedy else texts)
         return completions
 
+    def _decoding_controls(self, params: SamplingParams, prompt_len: int) -> dict[str, Any]:
+        """``generate`` kwargs for the loop controls and the label constraint, which count the
+        completion only (see :mod:`dynamicrag.llm.logits` for why not transformers' own)."""
+        from transformers import LogitsProcessorList
+
+        from dynamicrag.llm.logits import ChoiceConstraint, CompletionFrequencyPenalty, CompletionNoRepeatNGram
+
+        kwargs: dict[str, Any] = {}
+        processors = LogitsProcessorList()
+        if params.no_repeat_ngram_size:
+            processors.append(CompletionNoRepeatNGram(params.no_repeat_ngram_size, prompt_len))
+        if params.frequency_penalty:
+            processors.append(CompletionFrequencyPenalty(params.frequency_penalty, prompt_len))
+        if processors:
+            kwargs["logits_processor"] = processors
+        if params.choices is not None:
+            key = tuple(params.choices)
+            if key not in self._choice_constraints:
+                self._choice_constraints[key] = ChoiceConstraint(self.tokenizer, key, self.eos_ids)
+            kwargs["prefix_allowed_tokens_fn"] = self._choice_constraints[key].prefix_fn(prompt_len, self.pad_id)
+        return kwargs
+
     def stream(self, chat: Chat, params: SamplingParams) -> Iterator[str]:
         """Yield the text of one completion of ``chat`` in pieces, as the model writes it.
 
         The same inputs and decoding as :meth:`generate` (one prompt, ``params.n`` must be 1;
         the prefix cache and row prefill of :meth:`_prepare_inputs`, under this backend's
-        adapter), run in a thread that feeds transformers' ``TextIteratorStreamer``. Closing the iterator early
-        (the caller stopped reading, or Ctrl-C) stops the generation at the next token.
+        adapter; the decoding controls of :meth:`_decoding_controls`), run in a thread that feeds
+        transformers' ``TextIteratorStreamer``. Closing the iterator early (the caller stopped
+        reading, or Ctrl-C) stops the generation at the next token.
 
         Raises:
             ValueError: ``params.n`` is not 1.
@@ -537,7 +562,8 @@ class TransformersBackend:
         thread = threading.Thread(target=run, name="dynamicrag-stream", daemon=True)
         thread.start()
         try:
-            yield from streamer
+            # The stop strings end generate's completions (see _completion): cut the stream there too.
+            yield from cut_at_stop(streamer, params.stop)
         finally:
             stop.set()  # a no-op once generation ended; otherwise stops it at the next token
             thread.join()

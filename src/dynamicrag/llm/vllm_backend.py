@@ -16,7 +16,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from dynamicrag.llm.base import Chat, Completion, SamplingParams
+from dynamicrag.llm.base import Chat, Completion, SamplingParams, loop_frequency_penalty
 from dynamicrag.llm.constrain import ID_LIST_REGEX
 from dynamicrag.llm.models import resolve_model
 
@@ -34,10 +34,13 @@ def _import_vllm() -> Any:
 def to_vllm_sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
     """Keyword arguments of ``vllm.SamplingParams`` for ``params``.
 
-    The id grammar is returned as a plain ``{"regex": ...}`` under ``"structured_outputs"``;
+    The id grammar is returned as a plain ``{"regex": ...}`` under ``"structured_outputs"``, a
+    label set (``choices``) as ``{"choice": [...]}`` (vLLM's guided choice);
     :meth:`VLLMBackend.sampling_params` wraps it in the class the installed vLLM has
     (``StructuredOutputsParams``, or ``GuidedDecodingParams`` before vLLM 0.10.2). In-range and
     distinct ids are left to the reranker's parser, as a regex cannot express them.
+    ``no_repeat_ngram_size`` has no vLLM counterpart and is sent as ``frequency_penalty``
+    (:func:`~dynamicrag.llm.base.loop_frequency_penalty`).
 
     Args:
         params: The backend-neutral settings.
@@ -57,6 +60,13 @@ def to_vllm_sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
         kwargs["stop"] = list(params.stop)  # excluded from the output text, as in SamplingParams
     if params.id_list_max is not None:
         kwargs["structured_outputs"] = {"regex": ID_LIST_REGEX}
+    if params.choices is not None:
+        kwargs["structured_outputs"] = {"choice": list(params.choices)}
+    # vLLM has no n-gram ban: an asked-for no_repeat_ngram_size becomes its frequency_penalty,
+    # which also counts output tokens only (see loop_frequency_penalty for the difference).
+    penalty = loop_frequency_penalty(params)
+    if penalty:
+        kwargs["frequency_penalty"] = penalty
     return kwargs
 
 

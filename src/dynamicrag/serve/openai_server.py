@@ -4,7 +4,9 @@ It serves ``POST /v1/chat/completions`` and ``GET /v1/models``, enough for the O
 for :class:`~dynamicrag.llm.openai_backend.OpenAIBackend` (tested against it for real), and for
 other tools that want the bundled model over HTTP. Concurrent requests with the same sampling
 settings are gathered into one ``Backend.generate`` call, so HTTP clients get the backend's
-batching. An extension field, ``id_list_max``, asks for the reranker's id grammar.
+batching. An extension field, ``id_list_max``, asks for the reranker's id grammar;
+``guided_choice`` (vLLM's name) for one of a set of labels; ``no_repeat_ngram_size`` for the
+answer-only n-gram ban; OpenAI's ``frequency_penalty`` is honoured as on OpenAI.
 
 Example:
     >>> from dynamicrag.llm import load_backend
@@ -58,6 +60,9 @@ class ChatCompletionRequest(BaseModel):
     stop: str | list[str] | None = None
     stream: bool = False
     id_list_max: int | None = Field(None, ge=1, description="dynamicrag extension: constrain to the id grammar")
+    guided_choice: list[str] | None = Field(None, min_length=1, description="vLLM's: the answer is one of these")
+    no_repeat_ngram_size: int | None = Field(None, ge=1, description="dynamicrag extension: no n-gram repeats in the answer")
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
     # Constraint fields of other servers: refused rather than silently ignored.
     structured_outputs: Any = None
     guided_regex: str | None = None
@@ -73,6 +78,9 @@ class ChatCompletionRequest(BaseModel):
             seed=self.seed,
             stop=stop,
             id_list_max=self.id_list_max,
+            choices=tuple(self.guided_choice) if self.guided_choice else None,
+            no_repeat_ngram_size=self.no_repeat_ngram_size,
+            frequency_penalty=self.frequency_penalty,
             **({"max_new_tokens": max_new} if max_new else {}),
         )
 
