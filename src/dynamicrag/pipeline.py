@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from dynamicrag.generate import Generator
+from dynamicrag.isolation import error_text, run_isolated
+from dynamicrag.llm.base import Completion
 from dynamicrag.rerank import Reranker
 from dynamicrag.schema import Example, Selection, to_record
 
@@ -52,6 +55,49 @@ def with_passages(
     return own
 
 
+def retrieve_batch_fn(index_dir: str, top_n: int) -> Callable[[list[Example]], list[dict[str, Any]]]:
+    """The batch function of ``dynamicrag retrieve`` (see :mod:`dynamicrag.executors`): each
+    example with the index's top ``top_n`` passages, as JSON records."""
+    from dynamicrag.retrieve import load_index
+
+    retriever = load_index(index_dir)
+    return lambda batch: [ex.model_dump(mode="json") for ex in with_passages(batch, retriever, top_n, retrieve=True)]
+
+
+@dataclass
+class Outcome:
+    """One example through the pipeline.
+
+    Args:
+        example: The example with the candidates the reranker saw (the input example when it
+            failed before retrieval ended).
+        selection: The reranker's choice; None when the example failed before it.
+        completion: The generator's answer; None when the selection was unusable, the example
+            failed, or no answer was asked for.
+        error: Why the example failed (an exception), or None.
+        timings: Seconds spent on the batch the example ran in: ``retrieve``, ``rerank``,
+            ``generate`` (the model calls are made for the whole batch).
+    """
+
+    example: Example
+    selection: Selection | None
+    completion: Completion | None = None
+    error: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def answer(self) -> str | None:
+        return self.completion.text if self.completion is not None else None
+
+    def record(self) -> dict[str, Any]:
+        """The output record of ``infer`` (:func:`~dynamicrag.schema.to_record`)."""
+        record = to_record(self.example, self.selection, self.answer, self.error)
+        if self.completion is not None and "snapped_from" in self.completion.extra:
+            # A label snapped after the fact (the backend could not constrain): keep the model's text.
+            record["answer_raw"] = self.completion.extra["snapped_from"]
+        return record
+
+
 @dataclass
 class Pipeline:
     """The method end to end.
@@ -76,33 +122,49 @@ class Pipeline:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def run(self, examples: Sequence[Example]) -> list[dict[str, Any]]:
-        """Answer a batch. A failing example becomes a record with its ``error``; never dropped.
+        """Answer a batch: one record per example, in order (see :meth:`answer`)."""
+        return [outcome.record() for outcome in self.answer(examples)]
 
-        The batch goes through the models together; if that raises, the examples are retried
-        one by one so one bad example does not sink the others.
+    def answer(self, examples: Sequence[Example]) -> list[Outcome]:
+        """Retrieve, rerank and answer a batch. A failing example keeps its ``error``; never dropped.
+
+        The batch goes through the models together; if that raises, the examples are run one by
+        one so one bad example does not sink the others (:func:`~dynamicrag.isolation.run_isolated`).
         """
-        try:
-            return self._run_batch(with_passages(examples, self.retriever, self.top_n, self.retrieve))
-        except Exception as err:  # noqa: BLE001 - isolate the failing example below
-            if len(examples) == 1:
-                logger.warning("example %s failed: %s", examples[0].id, err)
-                return [to_record(examples[0], None, None, f"{type(err).__name__}: {err}")]
-            logger.warning("batch failed (%s); retrying its %d examples one by one", err, len(examples))
-            return [record for ex in examples for record in self.run([ex])]
+        return run_isolated(self._answer_batch, examples, _failed, what="example", log=logger)
 
-    def _run_batch(self, examples: list[Example]) -> list[dict[str, Any]]:
+    def _answer_batch(self, examples: list[Example]) -> list[Outcome]:
+        start = time.perf_counter()
+        shown = with_passages(examples, self.retriever, self.top_n, self.retrieve)
+        return self.rerank_and_answer(shown, timings={"retrieve": time.perf_counter() - start})
+
+    def rerank_and_answer(
+        self, examples: Sequence[Example], answer: Sequence[bool] | None = None, timings: dict[str, float] | None = None
+    ) -> list[Outcome]:
+        """Rerank examples that hold their candidates already, and answer them.
+
+        Args:
+            examples: The batch, each with the passages the reranker is to see.
+            answer: Which examples get an answer (default: all); the others are only reranked.
+            timings: Seconds already spent on the batch (e.g. ``retrieve``), kept in the outcomes.
+
+        Returns:
+            One :class:`Outcome` per example. An unusable reranker output leaves the example
+            without an answer: it is counted as failed (its selection's error), never silently
+            answered some other way or dropped.
+        """
+        timings = dict(timings or {})
+        start = time.perf_counter()
         selections: list[Selection] = self.reranker.select(examples)
-        usable = [i for i, sel in enumerate(selections) if sel.error is None]
+        reranked = time.perf_counter()
+        wanted = answer if answer is not None else [True] * len(examples)
+        usable = [i for i, sel in enumerate(selections) if sel.error is None and wanted[i]]
         completions = self.generator.complete([examples[i] for i in usable], [selections[i] for i in usable])
         completion_of = dict(zip(usable, completions))
-        # An unusable reranker output leaves the record without an answer: it is counted as
-        # failed (error set), never silently answered some other way or dropped.
-        records = []
-        for i, (ex, sel) in enumerate(zip(examples, selections)):
-            completion = completion_of.get(i)
-            record = to_record(ex, sel, completion.text if completion else None)
-            if completion is not None and "snapped_from" in completion.extra:
-                # A label snapped after the fact (the backend could not constrain): keep the model's text.
-                record["answer_raw"] = completion.extra["snapped_from"]
-            records.append(record)
-        return records
+        timings.update(rerank=reranked - start, generate=time.perf_counter() - reranked)
+        return [Outcome(ex, sel, completion_of.get(i), timings=timings)
+                for i, (ex, sel) in enumerate(zip(examples, selections))]
+
+
+def _failed(example: Example, err: Exception) -> Outcome:
+    return Outcome(example, None, error=error_text(err))

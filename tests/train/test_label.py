@@ -9,7 +9,7 @@ import pytest
 
 from dynamicrag.data import DataError
 from dynamicrag.schema import Example, Passage
-from dynamicrag.train.label import LabelConfig, LabelRule, label_examples, read_labelled
+from dynamicrag.train.label import LabelConfig, LabelRule, label_example, label_examples, read_labelled
 
 
 class TableScorer:
@@ -136,7 +136,10 @@ def test_wrong_score_count_names_the_example():
             return [0.0]
 
     with pytest.raises(ValueError, match="returned 1 scores for 4 passages.*'q1'"):
-        label_examples([qa_example()], Short(), MONOT5)
+        label_example(qa_example(), Short(), MONOT5)
+    # In a stage the example keeps the error, unlabelled; the stage goes on.
+    [out] = label_examples([qa_example()], Short(), MONOT5)
+    assert "returned 1 scores for 4 passages" in out.extra["label_error"] and "'q1'" in out.extra["label_error"]
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,7 @@ from typing import Any
 
 from dynamicrag.evaluate.answer_metrics import score_record
 from dynamicrag.generate import Generator
+from dynamicrag.isolation import error_text, run_isolated
 from dynamicrag.schema import Example, Selection, to_record
 
 logger = logging.getLogger(__name__)
@@ -93,14 +94,9 @@ class Oracle:
         A batch the generator fails on is retried one example at a time; an example that still
         fails becomes a record with its ``error``, never dropped.
         """
-        try:
-            return self._run(examples)
-        except Exception as err:  # noqa: BLE001 - isolate the failing example below
-            if len(examples) == 1:
-                logger.warning("example %s failed: %s", examples[0].id, err)
-                return [to_record(examples[0], None, None, f"{type(err).__name__}: {err}")]
-            logger.warning("oracle batch failed (%s); retrying its %d examples one by one", err, len(examples))
-            return [record for ex in examples for record in self.run([ex])]
+        return run_isolated(
+            self._run, examples, lambda ex, err: to_record(ex, None, None, error_text(err)), what="example", log=logger
+        )
 
     def _run(self, examples: Sequence[Example]) -> list[dict[str, Any]]:
         questions = [

@@ -29,6 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from dynamicrag.isolation import run_isolated
+
 logger = logging.getLogger(__name__)
 
 
@@ -282,14 +284,4 @@ class MicroBatcher:
 
     def _process_isolated(self, items: list[Any]) -> list[Any]:
         """``process(items)``; on failure, each item alone, so only the bad ones fail."""
-        try:
-            results = list(self.process(items))
-            if len(results) != len(items):
-                raise RuntimeError(f"process() returned {len(results)} results for {len(items)} items")
-            return results
-        except Exception as err:  # noqa: BLE001 - isolated below, reported per item
-            if len(items) == 1:
-                logger.warning("%s: item failed: %s: %s", self.name, type(err).__name__, err)
-                return [_Failure(err)]
-            logger.warning("%s: batch of %d failed (%s); retrying its items one by one", self.name, len(items), err)
-            return [self._process_isolated([item])[0] for item in items]
+        return run_isolated(self.process, items, lambda item, err: _Failure(err), what=f"{self.name} item", log=logger)

@@ -67,6 +67,7 @@ from pydantic import ValidationError
 
 from dynamicrag.data import DataError, read_jsonl
 from dynamicrag.evaluate.normalize import contains_answer, normalize_answer
+from dynamicrag.isolation import error_text, run_isolated
 from dynamicrag.rerank.pointwise import SCORERS, Scorer, make_scorer
 from dynamicrag.schema import Example, Passage
 from dynamicrag.train.utility import (
@@ -78,6 +79,9 @@ from dynamicrag.train.utility import (
 )
 
 logger = logging.getLogger(__name__)
+
+LABEL_ERROR = "label_error"
+"""``Example.extra`` key of an example the teacher failed on (the exception, as text)."""
 
 # Tasks whose "answers" are class labels: string containment in a passage means nothing.
 LABEL_TASKS = frozenset({"fever"})
@@ -320,14 +324,24 @@ def label_examples(examples: Iterable[Example], scorer: Teacher, config: LabelCo
 
     Returns:
         One labelled :class:`~dynamicrag.schema.Example` per input, in input order, keeping
-        the first ``config.top_n`` passages.
+        the first ``config.top_n`` passages. An example the teacher fails on (an exception,
+        even when scored alone) keeps its passages unlabelled and the error in
+        ``extra["label_error"]``; the others are labelled as usual
+        (:func:`~dynamicrag.isolation.run_isolated`), and :func:`read_labelled` leaves it out.
     """
-    if isinstance(scorer, UtilityTeacher):
-        shown = [ex.model_copy(update={"passages": ex.passages[: config.top_n]}) for ex in examples]
-        out = [utility_labelled(ex, r, config) for ex, r in zip(shown, scorer.label(shown))]
-    else:
-        out = [label_example(ex, scorer, config) for ex in examples]
-    fallback = sum(1 for ex in out if ex.extra["label_rule"] != config.rule.value)  # type: ignore[union-attr]
+
+    def label(batch: list[Example]) -> list[Example]:
+        if isinstance(scorer, UtilityTeacher):
+            shown = [ex.model_copy(update={"passages": ex.passages[: config.top_n]}) for ex in batch]
+            return [utility_labelled(ex, r, config) for ex, r in zip(shown, scorer.label(shown))]
+        return [label_example(ex, scorer, config) for ex in batch]
+
+    def failed(example: Example, err: Exception) -> Example:
+        return example.model_copy(update={"passages": example.passages[: config.top_n],
+                                          "extra": {**example.extra, LABEL_ERROR: error_text(err)}})
+
+    out = run_isolated(label, list(examples), failed, what="example", log=logger)
+    fallback = sum(1 for ex in out if ex.extra.get("label_rule", config.rule.value) != config.rule.value)  # type: ignore[union-attr]
     if fallback and config.rule is not LabelRule.teacher:
         logger.info("%d of %d examples labelled by the teacher alone (label answers or none)", fallback, len(out))
     return out
@@ -336,11 +350,15 @@ def label_examples(examples: Iterable[Example], scorer: Teacher, config: LabelCo
 def read_labelled(path: str | Path) -> list[Example]:
     """Read the examples written by ``dynamicrag label`` (``Example.model_dump`` per line).
 
+    Examples the teacher failed on (``extra["label_error"]``) are left out, with a warning
+    naming how many and the first one's line.
+
     Raises:
         DataError: A line that is not an Example, or whose passages were never labelled
             (naming the file and line).
     """
     out = []
+    failed: list[int] = []
     for line_no, record in read_jsonl(path):
         try:
             example = Example.model_validate(record)
@@ -351,15 +369,22 @@ def read_labelled(path: str | Path) -> list[Example]:
                 f"field {'.'.join(map(str, first['loc']))}: {first['msg']}",
                 path=path, line=line_no,
             ) from err
+        if LABEL_ERROR in example.extra:
+            failed.append(line_no)
+            continue
         if any("relevant" not in p.extra for p in example.passages):
             raise DataError("passages carry no 'relevant' label; run `dynamicrag label` first",
                             path=path, line=line_no)
         out.append(example)
+    if failed:
+        logger.warning("%s: %d examples the teacher failed on are left out (the first at line %d)",
+                       path, len(failed), failed[0])
     return out
 
 
 __all__ = [
     "LABEL_ANSWERS",
+    "LABEL_ERROR",
     "LABEL_TASKS",
     "LabelConfig",
     "LabelRule",

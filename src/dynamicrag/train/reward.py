@@ -59,6 +59,7 @@ import numpy as np
 
 from dynamicrag.evaluate.answer_metrics import match, rouge_l
 from dynamicrag.evaluate.normalize import contains_answer
+from dynamicrag.isolation import run_isolated
 from dynamicrag.llm.base import Backend, Chat, SamplingParams
 
 if TYPE_CHECKING:
@@ -384,17 +385,11 @@ def judge_scores(
     for start in range(0, len(unique), config.judge_batch_size):
         batch = unique[start : start + config.judge_batch_size]
         chats = [_judge_chat(config, *item) for item in batch]
-        try:
-            replies: list[str | Exception] = list(_judge_one_call(backend, chats, params))
-        except Exception as err:  # the backend is a boundary: any failure is recorded, not raised
-            logger.warning("judge batch of %d failed (%s: %s); retrying one by one",
-                           len(batch), type(err).__name__, err)
-            replies = []
-            for chat in chats:
-                try:
-                    replies.append(_judge_one_call(backend, [chat], params)[0])
-                except Exception as one_err:
-                    replies.append(one_err)
+        # A failing prompt costs only its own score: its reply is the exception.
+        replies: list[str | Exception] = run_isolated(
+            lambda group: _judge_one_call(backend, group, params), chats, lambda chat, err: err,
+            what="judge prompt", log=logger,
+        )
         for item, reply in zip(batch, replies):
             if isinstance(reply, Exception):
                 results[item] = (None, f"judge backend failed: {type(reply).__name__}: {reply}")

@@ -22,7 +22,7 @@ Output record per question (one JSON line; the reward stage reads exactly this):
 
 ``ids`` are 1-based positions into ``passages``; a sample whose output could not be read (or
 whose example made the backend raise) has ``ids == []``, its ``error`` set and ``answer`` null
-(kept, never dropped: habit 4).
+(kept, never dropped).
 
 Example:
     >>> from dynamicrag.llm import load_backend
@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dynamicrag.generate import Generator
+from dynamicrag.isolation import error_text, run_isolated
 from dynamicrag.llm.base import Backend
 from dynamicrag.prompts import PromptStyle, load_style
 from dynamicrag.rerank.dynamic import DynamicReranker
@@ -48,7 +49,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class SampleConfig:
-    """Settings of trajectory sampling; the defaults are the original's (REFERENCE item 7).
+    """Settings of trajectory sampling; the defaults are the original code's.
 
     The original samples at temperature 0.4 (not 1.0), n = 8, with at most 100 new tokens for
     the id list, over the first 40 retrieved passages; answers are greedy with 200 new tokens.
@@ -135,28 +136,16 @@ def sample_trajectories(
     config = config or SampleConfig()
     style_name = style if isinstance(style, str) else style.name
     style = load_style(style) if isinstance(style, str) else style
-    return _sample_isolated(examples, (backend, generator_backend or backend), style, style_name, config)
+    backends = (backend, generator_backend or backend)
 
+    def failed(example: Example, err: Exception) -> dict[str, Any]:
+        sample = _sample_record(Selection(well_formed=False, error=error_text(err)), None)
+        return {**example.model_copy(update={"passages": example.passages[: config.top_n]}).model_dump(mode="json"),
+                "prompt_style": style_name, "passage_words": config.passage_words,
+                "samples": [dict(sample) for _ in range(config.n)]}
 
-def _sample_isolated(
-    examples: Sequence[Example], backends: tuple[Backend, Backend], style: PromptStyle, style_name: str,
-    config: SampleConfig,
-) -> list[dict[str, Any]]:
-    """:func:`_sample_batch`; on an exception, one example at a time, failures recorded."""
-    try:
-        return _sample_batch(examples, backends, style, style_name, config)
-    except Exception as err:  # noqa: BLE001 - the backend is a boundary: isolate the failing example
-        if len(examples) > 1:
-            logger.warning("sampling a batch failed (%s); retrying its %d examples one by one", err, len(examples))
-            return [r for ex in examples for r in _sample_isolated([ex], backends, style, style_name, config)]
-        logger.warning("example %s failed: %s", examples[0].id if examples else "?", err)
-        failed = _sample_record(Selection(well_formed=False, error=f"{type(err).__name__}: {err}"), None)
-        return [
-            {**ex.model_copy(update={"passages": ex.passages[: config.top_n]}).model_dump(mode="json"),
-             "prompt_style": style_name, "passage_words": config.passage_words,
-             "samples": [dict(failed) for _ in range(config.n)]}
-            for ex in examples
-        ]
+    return run_isolated(lambda batch: _sample_batch(batch, backends, style, style_name, config), examples, failed,
+                        what="example", log=logger)
 
 
 def _sample_batch(
