@@ -124,7 +124,7 @@ def test_bad_meta_and_bad_passages_lines_are_named(tmp_path):
     (out / "meta.json").write_text(json.dumps({**meta, "kind": "splade"}))
     with pytest.raises(
         ValueError,
-        match=r"unknown retriever kind 'splade'; choose from \['bm25', 'dense', 'hybrid'\]",
+        match=r"unknown retriever kind 'splade'; choose from \['bm25', 'dense', 'hybrid', 'sharded'\]",
     ):
         load_index(out)
     (out / "meta.json").write_text(json.dumps(meta))
@@ -136,9 +136,11 @@ def test_bad_meta_and_bad_passages_lines_are_named(tmp_path):
 
 
 def test_build_index_refuses_bad_input(tmp_path):
-    with pytest.raises(ValueError, match=r"choose from \['bm25', 'dense', 'hybrid'\]"):
+    with pytest.raises(ValueError, match=r"choose from \['bm25', 'dense', 'hybrid', 'sharded'\]"):
         build_index(CORPUS, tmp_path / "x", kind="colbert")
-    assert sorted(RETRIEVERS) == ["bm25", "dense", "hybrid"]
+    assert sorted(RETRIEVERS) == ["bm25", "dense", "hybrid", "sharded"]  # every kind load_index opens
+    with pytest.raises(ValueError, match="sharded index .* is not built from passages"):
+        build_index(CORPUS, tmp_path / "x", kind="sharded")
     with pytest.raises(ValueError, match=r"passage id 'a' occurs twice.*items 0 and 3"):
         build_index([*CORPUS, CORPUS[0]], tmp_path / "x", show_progress=False)
     with pytest.raises(ValueError, match="empty corpus"):

@@ -13,11 +13,11 @@ import pytest
 
 from dynamicrag.retrieve import ShardedDenseRetriever, build_sharded_index, clear_index_cache, load_index
 from dynamicrag.retrieve.sharded import (
-    _reservoir_add,
     embedding_files,
     estimate,
     format_estimate,
     read_embedding_file,
+    reservoir_add,
 )
 from dynamicrag.schema import Passage
 
@@ -115,7 +115,7 @@ def test_reservoir_sample_is_uniform_over_the_stream():
     filled = 0
     for start in range(0, 100_000, 7_000):  # uneven chunks, as files give
         chunk = np.arange(start, min(start + 7_000, 100_000), dtype=np.float32)[:, None]
-        filled = _reservoir_add(reservoir, filled, start, chunk, rng)
+        filled = reservoir_add(reservoir, filled, start, chunk, rng)
     values = reservoir[:, 0]
     assert filled == 1000 and len(np.unique(values)) == 1000
     assert abs(values.mean() - 50_000) < 4_000  # uniform over 0..99999: standard error ~900

@@ -9,11 +9,23 @@ positions into scored passage copies in one place (:meth:`BaseRetriever.search`)
 from __future__ import annotations
 
 import abc
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+from dynamicrag.retrieve.storage import (
+    PASSAGES_FILE,
+    check_files,
+    check_target,
+    index_folder,
+    read_passages,
+    write_meta,
+    write_passages,
+)
 from dynamicrag.schema import Passage
+
+logger = logging.getLogger(__name__)
 
 # (position in the corpus, score), best first, for one query.
 Hits = list[tuple[int, float]]
@@ -104,16 +116,23 @@ class BaseRetriever(abc.ABC):
 
     Subclasses implement :meth:`search_positions`, :meth:`options`, :meth:`write_files` and
     :meth:`read_files`; the files they write go in a subfolder named after their kind, so a
-    hybrid index holds ``bm25/`` and ``dense/`` beside one shared ``passages.jsonl``.
+    hybrid index holds ``bm25/`` and ``dense/`` beside one shared ``passages.jsonl``. A kind
+    built from a corpus also has a ``build(passages, *, show_progress, **options)``
+    classmethod (:func:`~dynamicrag.retrieve.build_index` calls it).
+
+    Args:
+        passages: The corpus, in index order.
+        copy: Keep a list copy of ``passages`` (False keeps the sequence given, e.g. a
+            :class:`~dynamicrag.retrieve.storage.PassageFile` that stays on disk).
     """
 
     kind: ClassVar[str]
 
-    def __init__(self, passages: Sequence[Passage]) -> None:
-        self._passages = list(passages)
+    def __init__(self, passages: Sequence[Passage], *, copy: bool = True) -> None:
+        self._passages = list(passages) if copy else passages
 
     @property
-    def passages(self) -> list[Passage]:
+    def passages(self) -> Sequence[Passage]:
         """The corpus, in index order (do not modify: positions must stay aligned)."""
         return self._passages
 
@@ -153,10 +172,24 @@ class BaseRetriever(abc.ABC):
 
         Returns:
             The resolved ``out_dir``.
-        """
-        from dynamicrag.retrieve.storage import write_index
 
-        return write_index(self, out_dir, overwrite=overwrite)
+        Raises:
+            FileExistsError: ``out_dir`` exists, is not empty, and ``overwrite`` is False.
+        """
+        out = check_target(out_dir, overwrite=overwrite)
+        with index_folder(out, overwrite=overwrite) as tmp:
+            write_passages(self.passages, tmp / PASSAGES_FILE)
+            self.write_files(tmp)
+            write_meta(tmp, self.kind, self.counts(), self.options())
+        logger.info("wrote %s index of %d passages to %s", self.kind, len(self), out)
+        return out
+
+    @classmethod
+    def open(cls, index_dir: Path, meta: dict[str, Any]) -> BaseRetriever:
+        """The retriever of a complete index folder whose ``meta.json`` says ``meta``: its files
+        checked, its passages read, then :meth:`read_files`."""
+        check_files(index_dir, cls.required_files(meta["options"]))
+        return cls.read_files(index_dir, read_passages(index_dir / PASSAGES_FILE), meta["options"])
 
     @abc.abstractmethod
     def search_positions(self, queries: list[str], k: int) -> list[Hits]:

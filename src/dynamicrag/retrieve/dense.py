@@ -197,11 +197,115 @@ class DenseOptions:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def _default_nlist(n: int) -> int:
+def default_nlist(n: int) -> int:
+    """IVF cells of an index of ``n`` vectors: about ``4 sqrt(n)``, at most ``n / 39`` (FAISS wants 39
+    training points per cell)."""
     return max(1, min(int(4 * math.sqrt(n)), n // 39))
 
 
-class DenseRetriever(BaseRetriever):
+class DenseSearch:
+    """A FAISS inner-product index and the encoder of its queries: the search part that
+    every dense retriever holds (:class:`DenseRetriever` in memory,
+    :class:`~dynamicrag.retrieve.sharded.ShardedDenseRetriever` on disk).
+
+    Args:
+        index: A FAISS index with inner-product metric.
+        config: Encoder and index options (``nprobe`` and ``ef_search`` may be changed on a
+            loaded index).
+        device: Torch device for query encoding; None lets sentence-transformers choose.
+    """
+
+    def __init__(self, index: Any, config: DenseOptions, device: str | None = None) -> None:
+        self.index = index
+        self.config = config
+        self.device = device
+
+    @property
+    def encoder(self) -> SentenceTransformer:
+        """The query encoder (loaded once per process, shared with other indexes using it)."""
+        c = self.config
+        return load_encoder(
+            c.encoder, pooling=c.pooling, max_length=c.max_length, device=self.device
+        )
+
+    def encode_queries(self, queries: list[str]) -> np.ndarray:
+        """Query vectors, shape (n_queries, dim), float32."""
+        vectors = self.encoder.encode_query(
+            queries,
+            batch_size=self.config.batch_size,
+            show_progress_bar=False,
+            convert_to_numpy=True,
+            normalize_embeddings=self.config.normalize,
+        )
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def search(self, queries: list[str], k: int) -> list[Hits]:
+        """Top ``k`` corpus positions with scores per query, best first."""
+        return self.search_vectors(self.encode_queries(queries), k)
+
+    def search_vectors(self, vectors: np.ndarray, k: int) -> list[Hits]:
+        """Top ``k`` corpus positions with scores for query vectors made elsewhere, best first.
+
+        Args:
+            vectors: Query vectors, shape (n_queries, dim), from this index's encoder.
+            k: Hits wanted per query (fewer come back when the index finds fewer).
+
+        Returns:
+            One list of (position, inner product) per query.
+        """
+        import faiss
+
+        c = self.config
+        params = faiss.ParameterSpace()
+        if c.faiss_index == "hnsw":
+            params.set_index_parameter(self.index, "efSearch", max(c.ef_search, k))
+        elif c.faiss_index == "ivf":
+            params.set_index_parameter(self.index, "nprobe", c.nprobe)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.index.d:
+            raise ValueError(f"query vectors have shape {vectors.shape}, expected (n, {self.index.d})")
+        scores, ids = self.index.search(vectors, k)  # (n_queries, k) each
+        # Approximate indexes return -1 when they find fewer than k vectors.
+        return [
+            [(int(i), float(s)) for i, s in zip(ids[q], scores[q]) if i >= 0]
+            for q in range(len(vectors))
+        ]
+
+
+class DenseSearching:
+    """The search side of a retriever that holds a :class:`DenseSearch` as ``self.dense``:
+    its index, options and encoder, and search by text or by vector."""
+
+    dense: DenseSearch
+
+    @property
+    def index(self) -> Any:
+        """The FAISS index."""
+        return self.dense.index
+
+    @property
+    def config(self) -> DenseOptions:
+        """Encoder and index options (``config.nprobe`` may be changed on a loaded index)."""
+        return self.dense.config
+
+    @property
+    def encoder(self) -> SentenceTransformer:
+        """The query encoder."""
+        return self.dense.encoder
+
+    def encode_queries(self, queries: list[str]) -> np.ndarray:
+        """Query vectors, shape (n_queries, dim), float32."""
+        return self.dense.encode_queries(queries)
+
+    def search_vectors(self, vectors: np.ndarray, k: int) -> list[Hits]:
+        """See :meth:`DenseSearch.search_vectors`."""
+        return self.dense.search_vectors(vectors, k)
+
+    def search_positions(self, queries: list[str], k: int) -> list[Hits]:
+        return self.dense.search(queries, k)
+
+
+class DenseRetriever(DenseSearching, BaseRetriever):
     """Bi-encoder retrieval: passages and queries embedded by one encoder, FAISS inner product.
 
     Build with :meth:`build` (or :func:`dynamicrag.retrieve.build_index`); load with
@@ -233,17 +337,7 @@ class DenseRetriever(BaseRetriever):
             raise ValueError(
                 f"the FAISS index holds {index.ntotal} vectors for {len(self._passages)} passages"
             )
-        self.index = index
-        self.config = config
-        self.device = device
-
-    @property
-    def encoder(self) -> SentenceTransformer:
-        """The query encoder (loaded once per process, shared with other indexes using it)."""
-        c = self.config
-        return load_encoder(
-            c.encoder, pooling=c.pooling, max_length=c.max_length, device=self.device
-        )
+        self.dense = DenseSearch(index, config, device)
 
     @classmethod
     def build(
@@ -315,48 +409,6 @@ class DenseRetriever(BaseRetriever):
         )
         return cls(corpus, index, config, device=device)
 
-    def encode_queries(self, queries: list[str]) -> np.ndarray:
-        """Query vectors, shape (n_queries, dim), float32."""
-        vectors = self.encoder.encode_query(
-            queries,
-            batch_size=self.config.batch_size,
-            show_progress_bar=False,
-            convert_to_numpy=True,
-            normalize_embeddings=self.config.normalize,
-        )
-        return np.ascontiguousarray(vectors, dtype=np.float32)
-
-    def search_positions(self, queries: list[str], k: int) -> list[Hits]:
-        return self.search_vectors(self.encode_queries(queries), k)
-
-    def search_vectors(self, vectors: np.ndarray, k: int) -> list[Hits]:
-        """Top ``k`` corpus positions with scores for query vectors made elsewhere, best first.
-
-        Args:
-            vectors: Query vectors, shape (n_queries, dim), from this index's encoder.
-            k: Hits wanted per query (fewer come back when the index finds fewer).
-
-        Returns:
-            One list of (position, inner product) per query.
-        """
-        import faiss
-
-        c = self.config
-        params = faiss.ParameterSpace()
-        if c.faiss_index == "hnsw":
-            params.set_index_parameter(self.index, "efSearch", max(c.ef_search, k))
-        elif c.faiss_index == "ivf":
-            params.set_index_parameter(self.index, "nprobe", c.nprobe)
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or vectors.shape[1] != self.index.d:
-            raise ValueError(f"query vectors have shape {vectors.shape}, expected (n, {self.index.d})")
-        scores, ids = self.index.search(vectors, k)  # (n_queries, k) each
-        # Approximate indexes return -1 when they find fewer than k vectors.
-        return [
-            [(int(i), float(s)) for i, s in zip(ids[q], scores[q]) if i >= 0]
-            for q in range(len(vectors))
-        ]
-
     def embeddings(self) -> np.ndarray:
         """The stored passage vectors in corpus order, shape (n_passages, dim), float32."""
         import faiss
@@ -406,7 +458,7 @@ def _new_index(dim: int, config: DenseOptions, n: int) -> Any:
         index.hnsw.efConstruction = config.ef_construction
         return index
     if config.nlist is None:
-        config.nlist = _default_nlist(n)
+        config.nlist = default_nlist(n)
     if config.nlist > n:
         raise ValueError(f"nlist={config.nlist} is larger than the corpus ({n} passages)")
     config.nprobe = min(config.nlist, config.nprobe or 32)
@@ -458,7 +510,7 @@ def _build_faiss(
     first = _ENCODE_CHUNK
     if ivf:
         # FAISS k-means wants 39..256 points per cell; 64 per cell is ample.
-        first = max(first, 64 * (config.nlist or _default_nlist(n)))
+        first = max(first, 64 * (config.nlist or default_nlist(n)))
     bounds = [0, *range(first, n, _ENCODE_CHUNK), n] if first < n else [0, n]
     index = None
     with tqdm(total=n, desc="Encoding passages", unit="passage", disable=not show_progress) as bar:

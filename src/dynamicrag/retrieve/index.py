@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 import time
@@ -14,24 +15,16 @@ from dynamicrag.retrieve.bm25 import BM25Retriever
 from dynamicrag.retrieve.dense import DenseRetriever
 from dynamicrag.retrieve.hybrid import HybridRetriever
 from dynamicrag.retrieve.sharded import ShardedDenseRetriever
-from dynamicrag.retrieve.storage import (
-    META_FILE,
-    PASSAGES_FILE,
-    NotAnIndexError,
-    check_files,
-    check_target,
-    read_meta,
-    read_passages,
-)
+from dynamicrag.retrieve.storage import META_FILE, NotAnIndexError, check_target, read_meta
 from dynamicrag.schema import Passage
 
 logger = logging.getLogger(__name__)
 
 RETRIEVERS: dict[str, type[BaseRetriever]] = {
-    BM25Retriever.kind: BM25Retriever,
-    DenseRetriever.kind: DenseRetriever,
-    HybridRetriever.kind: HybridRetriever,
+    cls.kind: cls for cls in (BM25Retriever, DenseRetriever, HybridRetriever, ShardedDenseRetriever)
 }
+"""Index kind (``meta.json``'s ``kind``) -> retriever class: :func:`load_index` opens every kind
+through it, :func:`build_index` builds the kinds that have a ``build`` from passages."""
 
 # resolved index folder -> (stamp of its meta.json, retriever). A rebuilt index has a new
 # meta.json, so a stale entry is never served; one entry per folder, so a rebuild frees the
@@ -62,9 +55,6 @@ def build_index(
     out_dir: str | Path,
     kind: str = "bm25",
     *,
-    encoder: str | None = None,
-    faiss_index: str = "flat",
-    batch_size: int = 32,
     show_progress: bool = True,
     overwrite: bool = False,
     **options: Any,
@@ -75,53 +65,43 @@ def build_index(
         passages: The corpus; ids must be unique.
         out_dir: Index folder to create (written in a temporary folder beside it, then
             renamed, so an interrupted build leaves nothing at ``out_dir``).
-        kind: ``"bm25"``, ``"dense"`` or ``"hybrid"``.
-        encoder: Dense encoder, hub id or local path (dense, hybrid); None for the bundled
-            all-MiniLM-L6-v2.
-        faiss_index: ``"flat"`` (exact), ``"hnsw"`` or ``"ivf"`` (dense, hybrid).
-        batch_size: Encoder batch size (dense, hybrid).
+        kind: ``"bm25"``, ``"dense"`` or ``"hybrid"`` (a ``"sharded"`` index is built from
+            precomputed vectors by :func:`~dynamicrag.retrieve.sharded.build_sharded_index`).
         show_progress: Show progress bars.
         overwrite: Replace an existing index at ``out_dir``.
         **options: Options of the kind's ``build``: for bm25 ``k1``, ``b``, ``method``,
-            ``stemmer``; for dense ``pooling``, ``normalize``, ``max_length``, ``device``,
-            ``hnsw_m``, ``ef_construction``, ``ef_search``, ``nlist``, ``nprobe``; for hybrid
-            ``k_rrf``, ``pool``, ``bm25_options`` and the dense options.
+            ``stemmer``; for dense ``encoder`` (None: the bundled all-MiniLM-L6-v2),
+            ``faiss_index`` (``"flat"``, ``"hnsw"``, ``"ivf"``), ``batch_size``, ``pooling``,
+            ``normalize``, ``max_length``, ``device``, ``hnsw_m``, ``ef_construction``,
+            ``ef_search``, ``nlist``, ``nprobe``; for hybrid ``k_rrf``, ``pool``,
+            ``bm25_options`` and the dense options.
 
     Returns:
         The built retriever (also cached, so ``load_index(out_dir)`` returns it without
         reading the files back).
+
+    Raises:
+        ValueError: An unknown kind, a kind not built from passages, an option the kind does
+            not take, or a bad corpus.
 
     Example:
         >>> retriever = build_index(passages, "indexes/nq-bm25", kind="bm25")  # doctest: +SKIP
         >>> retriever.search(["who got the first nobel prize in physics"], k=5)  # doctest: +SKIP
     """
     cls = retriever_class(kind)
-    out = check_target(out_dir, overwrite=overwrite)  # before the (maybe hours-long) build
+    build = getattr(cls, "build", None)
+    if build is None:
+        raise ValueError(f"a {kind} index ({cls.__name__}) is not built from passages")
+    try:  # options the kind does not take fail now, before the (maybe hours-long) build
+        inspect.signature(build).bind([], show_progress=show_progress, **options)
+    except TypeError as err:
+        raise ValueError(f"{kind} index: {err}; these options apply to other kinds, not {kind}") from None
+    out = check_target(out_dir, overwrite=overwrite)
     corpus = check_corpus(passages)
     start = time.perf_counter()
-    if cls is BM25Retriever:
-        if encoder is not None or faiss_index != "flat":
-            raise ValueError("encoder and faiss_index apply to dense and hybrid indexes, not bm25")
-        retriever: BaseRetriever = BM25Retriever.build(
-            corpus, show_progress=show_progress, **options
-        )
-    else:
-        retriever = cls.build(  # type: ignore[attr-defined]
-            corpus,
-            encoder=encoder,
-            faiss_index=faiss_index,
-            batch_size=batch_size,
-            show_progress=show_progress,
-            **options,
-        )
+    retriever = build(corpus, show_progress=show_progress, **options)
     retriever.save(out, overwrite=overwrite)
-    logger.info(
-        "built %s index of %d passages at %s in %.1fs",
-        kind,
-        len(retriever),
-        out,
-        time.perf_counter() - start,
-    )
+    logger.info("built %s index of %d passages at %s in %.1fs", kind, len(retriever), out, time.perf_counter() - start)
     with _CACHE_LOCK:
         _CACHE[out] = (_stamp(out), retriever)
     return retriever
@@ -151,16 +131,7 @@ def load_index(index_dir: str | Path) -> BaseRetriever:
         if cached is not None and cached[0] == stamp:
             return cached[1]
         start = time.perf_counter()
-        retriever: BaseRetriever
-        if meta["kind"] == ShardedDenseRetriever.kind:
-            # Built from precomputed vectors, not by build_index (so not in RETRIEVERS); its
-            # passages stay on disk and are read by offset.
-            retriever = ShardedDenseRetriever.load(path)
-        else:
-            cls = retriever_class(meta["kind"])
-            check_files(path, cls.required_files(meta["options"]))
-            passages = read_passages(path / PASSAGES_FILE)
-            retriever = cls.read_files(path, passages, meta["options"])
+        retriever = retriever_class(meta["kind"]).open(path, meta)
         logger.info(
             "loaded %s index of %d passages from %s in %.1fs",
             meta["kind"],

@@ -8,26 +8,29 @@ An index folder holds::
     dense/           index.faiss           (kinds dense, hybrid)
 
 Everything is written into a temporary folder beside the target and renamed into place, so
-an interrupted build never leaves a half index where a finished one is expected.
+an interrupted build never leaves a half index where a finished one is expected. This module
+knows the files, not the retrievers: :meth:`~dynamicrag.retrieve.base.BaseRetriever.save`
+writes a retriever through it. A corpus too large for memory stays on disk as a
+:class:`PassageFile`, read by line offsets.
 """
 
 from __future__ import annotations
 
 import contextlib
+import mmap
 import datetime as _dt
 import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, overload
+
+import numpy as np
 
 from dynamicrag.schema import Passage
-
-if TYPE_CHECKING:
-    from dynamicrag.retrieve.base import BaseRetriever
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +43,7 @@ class NotAnIndexError(FileNotFoundError):
     """The folder given to ``load_index`` is not a (complete) dynamicrag index."""
 
 
-def write_passages(passages: list[Passage], path: Path) -> None:
+def write_passages(passages: Iterable[Passage], path: Path) -> None:
     """Write the corpus as JSON lines (``score`` left out: it belongs to results, not corpora)."""
     with path.open("w", encoding="utf-8") as f:
         for p in passages:
@@ -94,30 +97,6 @@ def check_files(index_dir: Path, relative_paths: list[str]) -> None:
             raise NotAnIndexError(f"{index_dir} is an incomplete index: missing {rel}")
 
 
-def write_index(retriever: BaseRetriever, out_dir: str | Path, *, overwrite: bool = False) -> Path:
-    """Write ``retriever`` as a complete index at ``out_dir``, atomically.
-
-    Args:
-        retriever: The retriever to save.
-        out_dir: Target folder. It must not exist (an empty folder is fine) unless ``overwrite``.
-        overwrite: Replace an existing folder. The old folder is moved aside, the new one
-            renamed in, then the old one deleted, so a reader sees the old or the new index.
-
-    Returns:
-        The resolved ``out_dir``.
-
-    Raises:
-        FileExistsError: ``out_dir`` exists, is not empty, and ``overwrite`` is False.
-    """
-    out = check_target(out_dir, overwrite=overwrite)
-    with index_folder(out, overwrite=overwrite) as tmp:
-        write_passages(retriever.passages, tmp / PASSAGES_FILE)
-        retriever.write_files(tmp)
-        write_meta(tmp, retriever.kind, retriever.counts(), retriever.options())
-    logger.info("wrote %s index of %d passages to %s", retriever.kind, len(retriever), out)
-    return out
-
-
 def check_target(out_dir: str | Path, *, overwrite: bool = False) -> Path:
     """Resolve ``out_dir`` and refuse an existing, non-empty one unless ``overwrite``.
 
@@ -139,7 +118,8 @@ def index_folder(out_dir: str | Path, *, overwrite: bool = False) -> Iterator[Pa
 
     Args:
         out_dir: Target folder (must not exist, or be empty, unless ``overwrite``).
-        overwrite: Replace an existing folder (see :func:`write_index`).
+        overwrite: Replace an existing folder: the old folder is moved aside, the new one renamed
+            in, then the old one deleted, so a reader sees the old or the new index.
 
     Yields:
         The temporary folder.
@@ -198,3 +178,58 @@ def _package_version() -> str:
     from dynamicrag import __version__
 
     return __version__
+
+
+def line_offsets(path: Path) -> np.ndarray:
+    """Byte offset where each line of ``path`` starts, then the file size: (n_lines + 1,)."""
+    starts = [np.zeros(1, dtype=np.int64)]
+    done = 0
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            starts.append(np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == ord("\n")) + done + 1)
+            done += len(block)
+    return np.concatenate(starts)
+
+
+class PassageFile(Sequence[Passage]):
+    """``passages.jsonl`` as a read-only sequence: a passage is parsed when it is asked for.
+
+    Args:
+        path: The passages file (one JSON passage a line, as :func:`write_passages` writes).
+        offsets: Byte offset of each line, then the file size (:func:`line_offsets`).
+    """
+
+    def __init__(self, path: Path, offsets: np.ndarray) -> None:
+        self.path = path
+        self._offsets = offsets
+        size = path.stat().st_size
+        if int(offsets[-1]) != size:
+            raise ValueError(
+                f"{path} has {size} bytes but its line offsets expect {int(offsets[-1])}: "
+                "the index is corrupt, rebuild it"
+            )
+        with path.open("rb") as f:
+            # A memory map: slicing it is thread-safe, where seek + read on one handle is not.
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    @overload
+    def __getitem__(self, i: int) -> Passage: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[Passage]: ...
+
+    def __getitem__(self, i: int | slice) -> Passage | list[Passage]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"passage {i} out of range ({n} passages)")
+        i %= n
+        start, stop = int(self._offsets[i]), int(self._offsets[i + 1])
+        try:
+            return Passage.model_validate_json(self._map[start:stop])
+        except ValueError as err:
+            raise ValueError(f"{self.path}:{i + 1}: not a valid passage: {err}") from err
