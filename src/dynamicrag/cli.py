@@ -1306,11 +1306,11 @@ def reward(
     _setup_logging(verbose)
     from dynamicrag.data import DataError, read_jsonl
     from dynamicrag.train.reward import RewardConfig
-    from dynamicrag.train.sft import read_run_config
+    from dynamicrag.train.common import read_config_file
 
     try:
         overrides = {"semantic": semantic}
-        cfg = read_run_config(RewardConfig, config, overrides, "reward") if config else RewardConfig(
+        cfg = read_config_file(RewardConfig, config, overrides, "reward") if config else RewardConfig(
             **{k: v for k, v in overrides.items() if v is not None}
         )
         records = [r for _, r in read_jsonl(input)]
@@ -1354,12 +1354,12 @@ def pairs(
     from dynamicrag.data import DataError, read_jsonl
     from dynamicrag.train.pairs import export_pairs
     from dynamicrag.train.reward import RewardConfig, reweight_samples
-    from dynamicrag.train.sft import read_run_config
+    from dynamicrag.train.common import read_config_file
 
     try:
         records = [r for _, r in read_jsonl(input)]
         if reward_config:
-            records = reweight_samples(records, read_run_config(RewardConfig, reward_config, {}, "reward"))
+            records = reweight_samples(records, read_config_file(RewardConfig, reward_config, {}, "reward"))
         stats = export_pairs(records, out_dir, skip_ties=not keep_ties)
     except (DataError, FileNotFoundError, ValueError) as err:
         _fail(str(err))

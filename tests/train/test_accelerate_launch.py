@@ -74,7 +74,7 @@ def test_fsdp_config_is_accepted_and_saves_a_full_state_dict(monkeypatch):
         monkeypatch.setenv(key, value)
     plugin = FullyShardedDataParallelPlugin()
     assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is True  # FULL_SHARD
-    assert plugin.state_dict_type.name == "FULL_STATE_DICT"  # what _save_sharded's save_model needs
+    assert plugin.state_dict_type.name == "FULL_STATE_DICT"  # what save_sharded's save_model needs
     assert plugin.auto_wrap_policy.__name__ == "transformer_auto_wrap_policy" and plugin.cpu_ram_efficient_loading
 
 
@@ -149,7 +149,7 @@ def test_two_cpu_processes_train_data_parallel_and_write_one_merged_model(tmp_pa
 
 
 class GatheringTrainer:
-    """What ``_save_sharded`` uses of a ZeRO-3/FSDP trainer: ``save_model`` (the gather of the
+    """What ``save_sharded`` uses of a ZeRO-3/FSDP trainer: ``save_model`` (the gather of the
     shards, which needs GPUs) writes the adapter of a real LoRA model."""
 
     def __init__(self, peft_model, tokenizer):
@@ -167,7 +167,8 @@ def test_sharded_lora_run_is_merged_from_the_gathered_adapter(tmp_path):
     import torch
     from peft import get_peft_model
 
-    from dynamicrag.train.sft import SFTRunConfig, _save_sharded, load_trainable, lora_config
+    from dynamicrag.train.common import load_trainable, lora_config, save_sharded
+    from dynamicrag.train.sft import SFTRunConfig
 
     config = SFTRunConfig(
         train_file="unused.jsonl", output_dir=str(tmp_path), lora_r=4, lora_alpha=8, target_modules=["q_proj"]
@@ -180,7 +181,7 @@ def test_sharded_lora_run_is_merged_from_the_gathered_adapter(tmp_path):
             if "lora_B" in name:
                 param.normal_(std=0.02)
 
-    _save_sharded(GatheringTrainer(peft_model, tokenizer), config)
+    save_sharded(GatheringTrainer(peft_model, tokenizer), config)
 
     from safetensors.torch import load_file
 

@@ -82,7 +82,7 @@ def test_pairs_are_read_and_bad_lines_are_named(tmp_path):
         with pytest.raises(ValueError, match=message):
             load_dpo_records(write_jsonl(tmp_path / "bad.jsonl", [PAIRS[1], row]))
     (tmp_path / "bad.jsonl").write_text(json.dumps(PAIRS[0]) + "\n{not json\n")
-    with pytest.raises(ValueError, match=r"bad\.jsonl:2: not JSON"):
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2: invalid JSON"):
         load_dpo_records(tmp_path / "bad.jsonl")
 
 

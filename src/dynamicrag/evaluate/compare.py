@@ -363,9 +363,9 @@ def plot_comparison(result: Mapping[str, Any], path: Path) -> Path:
     Returns:
         ``path``.
     """
-    from dynamicrag.evaluate.report import _new_figure, _save
+    from dynamicrag.evaluate.plots import new_figure, save_figure
 
-    fig, ax = _new_figure()
+    fig, ax = new_figure()
     runs, metrics = list(result["runs"]), result["metrics"]
     fig.set_size_inches(6.4, max(2.5, 1.2 + 0.35 * len(runs) * len(metrics)))
     rows = len(runs)
@@ -383,7 +383,7 @@ def plot_comparison(result: Mapping[str, Any], path: Path) -> Path:
     ax.set_xlabel(f"difference from {result['baseline']} (run - baseline)")
     ax.set_title(f"Paired differences from {result['baseline']}, {100 * result['confidence']:g}% bootstrap CI")
     ax.legend(fontsize="small")
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def write_comparison(result: Mapping[str, Any], out_dir: Path, stem: str = COMPARISON_STEM) -> list[Path]:

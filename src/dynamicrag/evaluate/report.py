@@ -18,10 +18,7 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +30,7 @@ from rich.table import Table
 from dynamicrag.data import atomic_write_json, atomic_write_text, read_jsonl
 from dynamicrag.data.files import file_stem
 from dynamicrag.evaluate.answer_metrics import score_record, task_metrics
+from dynamicrag.evaluate.plots import new_figure, save_figure
 from dynamicrag.evaluate.rerank_metrics import (
     CONTAINS_ANSWER,
     Qrels,
@@ -310,33 +308,6 @@ def to_markdown(summary: Mapping[str, Mapping[str, Any]], extra: Mapping[str, Ma
     return "".join("| " + " | ".join(_md_cell(c) for c in line) + " |\n" for line in lines)
 
 
-def _save(fig: Any, path: Path) -> Path:
-    """Save a figure as PNG atomically: a temp file in the same folder, then ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def _new_figure() -> tuple[Any, Any]:
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("the evaluation plots need matplotlib: pip install 'matplotlib>=3.7'") from err
-    # A bare Figure on the Agg canvas: no pyplot, so no global backend switch and no GUI.
-    fig = Figure(figsize=(6.4, 4.2))
-    FigureCanvasAgg(fig)
-    return fig, fig.add_subplot()
-
-
 def _integer_axis(axis: Any) -> None:
     from matplotlib.ticker import MaxNLocator
 
@@ -344,7 +315,7 @@ def _integer_axis(axis: Any) -> None:
 
 
 def _plot_k_hist(records_by_run: Mapping[str, Sequence[dict[str, Any]]], path: Path) -> Path:
-    fig, ax = _new_figure()
+    fig, ax = new_figure()
     ks = {run: [_k(r) for r in records if not _is_failed(r)] for run, records in records_by_run.items()}
     top = max((max(v) for v in ks.values() if v), default=0)
     bins = [b - 0.5 for b in range(top + 2)]  # one bin per integer k, centred on it
@@ -358,11 +329,11 @@ def _plot_k_hist(records_by_run: Mapping[str, Sequence[dict[str, Any]]], path: P
     _integer_axis(ax.yaxis)
     if any(data):
         ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _plot_quality_by_k(records_by_run: Mapping[str, Sequence[dict[str, Any]]], path: Path) -> Path:
-    fig, ax = _new_figure()
+    fig, ax = new_figure()
     names = set()
     for run, records in records_by_run.items():
         by_k: dict[int, list[float]] = defaultdict(list)
@@ -378,11 +349,11 @@ def _plot_quality_by_k(records_by_run: Mapping[str, Sequence[dict[str, Any]]], p
     ax.set_ylim(-0.05, 1.05)
     ax.set_title("Answer quality by k (records without error)")
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _plot_quality_vs_top_n(summary: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
-    fig, ax = _new_figure()
+    fig, ax = new_figure()
     lines: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for run in summary.values():
         lines[str(run.get("reranker"))].append((run["top_n"], run["main_score"]))
@@ -396,7 +367,7 @@ def _plot_quality_vs_top_n(summary: Mapping[str, Mapping[str, Any]], path: Path)
     ax.set_ylim(-0.05, 1.05)
     ax.set_title("Answer quality against top-N (failed records count 0)")
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_reports(

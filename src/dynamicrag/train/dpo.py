@@ -45,20 +45,18 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from dynamicrag.train.sft import (
-    _SCHEDULERS,
-    TRAINED_ROLES,
+from dynamicrag.train.common import (
+    OWN_TRAINER_FIELDS,
+    RunConfig,
     check_messages,
-    check_roles_and_save,
-    check_training_fields,
-    iter_jsonl,
-    lora_config,
     load_trainable,
-    read_run_config,
+    lora_config,
+    read_config_file,
     role_kept,
     train_and_save,
+    training_rows,
 )
 
 logger = logging.getLogger(__name__)
@@ -69,7 +67,7 @@ LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_
 
 
 @dataclass
-class DPORunConfig:
+class DPORunConfig(RunConfig):
     """Settings of one DPO run; the defaults are the paper's recipe where it gives one.
 
     The paper (arXiv 2505.07233, training details) runs LLaMA-Factory's DPO: lr 5e-6, 1 epoch,
@@ -79,6 +77,10 @@ class DPORunConfig:
     by the paper: cosine with warm-up 0.1 and 8192 tokens follow its SFT run. Any other
     ``trl.DPOConfig`` field goes through ``dpo_args`` unchanged.
     """
+
+    TRAIN_FILE: ClassVar[str] = "the TRL preference JSONL of the reward stage"
+    PASSTHROUGH: ClassVar[str] = "dpo_args"
+    PASSTHROUGH_OWN: ClassVar[frozenset[str]] = OWN_TRAINER_FIELDS | {"beta", "loss_type"}
 
     train_file: str = field(
         default="",
@@ -91,6 +93,18 @@ class DPORunConfig:
     model: str | None = field(
         default=None,
         metadata={"help": "Starting policy, normally the SFT run's merged folder (or a hub id, .gguf); null = bundled SmolLM2."},
+    )
+    lora_dropout: float = field(
+        default=0.0,
+        metadata={"help": "Dropout on the LoRA input; trl's disable_dropout (on by default) turns all dropout off in DPO."},
+    )
+    learning_rate: float = field(
+        default=5e-6, metadata={"help": "Peak learning rate (paper: 5e-6 for full DPO; LoRA usually needs ~10x more)."}
+    )
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs over the pairs (paper: 1)."})
+    max_length: int = field(
+        default=8192,
+        metadata={"help": "Cutoff of prompt + completion in tokens; the end is cut, a pair whose prompt alone fills it is dropped."},
     )
     adapter: str | None = field(
         default=None,
@@ -108,71 +122,13 @@ class DPORunConfig:
     loss_type: str = field(
         default="sigmoid", metadata={"help": f"trl DPO loss, one of {list(LOSS_TYPES)} (paper: sigmoid, the DPO loss)."}
     )
-    lora: bool = field(
-        default=True,
-        metadata={"help": "Train LoRA adapters (merged into the weights at the end) instead of all weights (paper: full)."},
-    )
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (the update is scaled by alpha / r)."})
-    lora_dropout: float = field(
-        default=0.0,
-        metadata={"help": "Dropout on the LoRA input; trl's disable_dropout (on by default) turns all dropout off in DPO."},
-    )
-    target_modules: str | list[str] = field(
-        default="all-linear",
-        metadata={"help": "Modules that get LoRA adapters: 'all-linear' or a list of module names (e.g. [q_proj, v_proj])."},
-    )
-    learning_rate: float = field(
-        default=5e-6, metadata={"help": "Peak learning rate (paper: 5e-6 for full DPO; LoRA usually needs ~10x more)."}
-    )
-    num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs over the pairs (paper: 1)."})
-    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps; -1 = run all epochs."})
-    per_device_train_batch_size: int = field(
-        default=4, metadata={"help": "Pairs per device per forward pass (each pair is two sequences)."}
-    )
-    gradient_accumulation_steps: int = field(
-        default=8,
-        metadata={"help": "Forward passes per optimizer step; batch = per_device x accumulation x devices (paper: 32)."},
-    )
-    max_length: int = field(
-        default=8192,
-        metadata={"help": "Cutoff of prompt + completion in tokens; the end is cut, a pair whose prompt alone fills it is dropped."},
-    )
-    warmup_ratio: float = field(default=0.1, metadata={"help": "Fraction of the steps spent warming up."})
-    lr_scheduler_type: str = field(
-        default="cosine", metadata={"help": f"Learning-rate schedule, one of {list(_SCHEDULERS)}."}
-    )
-    seed: int = field(default=42, metadata={"help": "Seed of data order, LoRA initialisation and dropout."})
-    logging_steps: int = field(default=10, metadata={"help": "Log loss, rewards and margins every this many steps."})
-    save_steps: int = field(
-        default=200, metadata={"help": "Checkpoint every this many steps (and at the end); a rerun resumes from the last."}
-    )
-    save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most this many checkpoints; null = all."})
-    bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (paper: true, on GPUs); keep false on CPU."})
-    gradient_checkpointing: bool = field(
-        default=False,
-        metadata={"help": "Recompute activations in the backward pass: less memory, ~30% more compute (for long cutoffs)."},
-    )
-    roles: list[str] = field(
-        default_factory=lambda: list(TRAINED_ROLES),
-        metadata={"help": "Pairs trained on, by their 'role': [reranker] | [generator] | [reranker, generator] (the paper)."},
-    )
-    save: str = field(
-        default="both",
-        metadata={"help": "What a LoRA run writes: adapter (<output_dir>/adapter) | merged (<output_dir>/merged) | both."},
-    )
     dpo_args: dict[str, Any] = field(
         default_factory=dict,
         metadata={"help": "Extra trl.DPOConfig fields passed through unchanged (e.g. {precompute_ref_log_probs: true})."},
     )
 
     def __post_init__(self) -> None:
-        if not self.train_file:
-            raise ValueError("train_file: required (the TRL preference JSONL of the reward stage)")
-        if not self.output_dir:
-            raise ValueError("output_dir: required")
-        check_training_fields(self)
-        self.roles = check_roles_and_save(self)
+        super().__post_init__()
         if self.adapter is not None:
             if not self.lora:
                 raise ValueError("adapter: continuing a LoRA adapter needs lora: true")
@@ -182,30 +138,6 @@ class DPORunConfig:
             raise ValueError(f"beta: must be a positive number, got {self.beta!r}")
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(f"loss_type: must be one of {sorted(LOSS_TYPES)}, got {self.loss_type!r}")
-        if not isinstance(self.dpo_args, dict):
-            raise ValueError(f"dpo_args: must be a mapping of trl.DPOConfig fields, got {type(self.dpo_args).__name__}")
-        own = {"output_dir", "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
-               "gradient_accumulation_steps", "max_length", "warmup_steps", "lr_scheduler_type", "seed",
-               "logging_steps", "save_steps", "save_total_limit", "bf16", "gradient_checkpointing", "beta",
-               "loss_type"}
-        clash = sorted(own & set(self.dpo_args))
-        if clash:
-            raise ValueError(f"dpo_args: {clash} are fields of this config; set them at the top level")
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        """Where the trainer writes ``checkpoint-<step>`` folders."""
-        return Path(self.output_dir) / "checkpoints"
-
-    @property
-    def merged_dir(self) -> Path:
-        """Where the merged model, tokenizer and chat template are written."""
-        return Path(self.output_dir) / "merged"
-
-    @property
-    def adapter_dir(self) -> Path:
-        """Where the LoRA adapter is written."""
-        return Path(self.output_dir) / "adapter"
 
 
 def load_dpo_config(path: str | os.PathLike, **overrides: Any) -> DPORunConfig:
@@ -224,7 +156,7 @@ def load_dpo_config(path: str | os.PathLike, **overrides: Any) -> DPORunConfig:
         ValueError: Unparsable file, unknown field or invalid value (the message names the
             file and the field).
     """
-    return read_run_config(DPORunConfig, path, overrides, what="DPO")
+    return read_config_file(DPORunConfig, path, overrides, what="DPO")
 
 
 def load_dpo_records(
@@ -248,9 +180,7 @@ def load_dpo_records(
             identical chosen and rejected completions (file and line named).
     """
     records = []
-    for where, row in iter_jsonl(path, "DPO training file"):
-        if not isinstance(row, dict):
-            raise ValueError(f"{where}: expected an object with 'prompt', 'chosen' and 'rejected'")
+    for where, row in training_rows(path, "DPO training file"):
         missing = [k for k in ("prompt", "chosen", "rejected") if not isinstance(row.get(k), list) or not row[k]]
         if missing:
             raise ValueError(f"{where}: {missing} must be non-empty lists of messages (TRL conversational preference format)")

@@ -115,7 +115,7 @@ class RecipeConfig:
     seed: int = field(default=0, metadata={"help": "Seed of the SFT/DPO split and of sampling."})
 
     def __post_init__(self) -> None:
-        from dynamicrag.train.sft import TRAINED_ROLES
+        from dynamicrag.train.common import TRAINED_ROLES
 
         for name in ("top_n", "label_nq", "max_k", "sample_n", "answer_tokens", "sft_steps"):
             value = getattr(self, name)
@@ -211,9 +211,9 @@ def check_slices(config: RecipeConfig) -> None:
 
 def load_recipe_config(path: str | Path, **overrides: Any) -> RecipeConfig:
     """Read a :class:`RecipeConfig` from YAML or TOML (errors name the file and the field)."""
-    from dynamicrag.train.sft import read_run_config
+    from dynamicrag.train.common import read_config_file
 
-    return read_run_config(RecipeConfig, path, overrides, what="recipe")
+    return read_config_file(RecipeConfig, path, overrides, what="recipe")
 
 
 # ---------------------------------------------------------------- bookkeeping
@@ -381,7 +381,8 @@ class Recipe:
         self.log.run("label", done, work)
 
     def stage_prepare(self) -> None:
-        from dynamicrag.train import prepare, read_labelled
+        from dynamicrag.train.export import prepare
+        from dynamicrag.train.label import read_labelled
 
         c = self.config
         stats = self.out / "prepare" / "prepare_stats.json"

@@ -230,8 +230,8 @@ def parse_judge_score(text: str) -> float | None:
         The score, or None when the reply holds no number in 0..100.
     """
     cleaned = _SCALE.sub(" ", _THINK.sub(" ", text))
-    for match in _NUMBER.finditer(cleaned):
-        value = float(match.group())
+    for number in _NUMBER.finditer(cleaned):
+        value = float(number.group())
         if 0.0 <= value <= 100.0:
             return value / 100.0
     return None
