@@ -13,7 +13,7 @@ to a new temporary folder (the user's own cache is neither read nor touched):
 3. ``warm`` x --warm: everything cached; model load, index load, rerank, answer.
 
 4. With ``--compare-old`` (the default), the same cold run in a second empty cache and the
-   same warm runs with the transformers backend as it was before issue 18 (``--backend-option
+   same warm runs with the transformers backend as it was before the speed work (``--backend-option
    dtype=float32 prefix_cache=false prefill=batch`` and OpenMP's own wait policy), so the
    closing figures have the old ones beside them from the same run.
 
@@ -22,7 +22,7 @@ process is measured on its own with ``os.wait4`` (wall seconds, CPU seconds, pea
 "Cold" is cold for the project's cache only: the operating system's file cache may still hold
 the GGUF and the libraries. The question defaults to one about the bundled corpus (the
 project's docs), which ``ask`` uses when --corpus is not given. Targets: a warm run at most
-5 s and a cold one at most 30 s (issue 18), under 3 GB RSS (issue 6). Prints a markdown table
+5 s and a cold one at most 30 s, under 3 GB RSS. Prints a markdown table
 last and writes JSON.
 """
 
@@ -40,7 +40,7 @@ from _common import fmt, log, markdown_table, mean, parse_args, print_header, ru
 
 QUICK = {"warm": 1, "max_new_tokens": 16, "no_index_cold": True}
 TARGET_WARM_S, TARGET_COLD_S, TARGET_RSS_MB = 5.0, 30.0, 3000.0
-# The transformers backend before issue 18; an empty OMP_WAIT_POLICY is OpenMP's own default.
+# The transformers backend before the speed work; an empty OMP_WAIT_POLICY is OpenMP's own default.
 OLD_OPTIONS = ["--backend-option", "dtype=float32", "--backend-option", "prefix_cache=false",
                "--backend-option", "prefill=batch"]
 OLD_ENV = {"OMP_WAIT_POLICY": ""}
@@ -60,7 +60,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=None, help="ask's answer cap (default: ask's own, 200)")
     ap.add_argument("--no-index-cold", action="store_true", help="Skip the index-only cold run")
     ap.add_argument("--compare-old", action=argparse.BooleanOptionalAction, default=True,
-                    help="Also the cold and warm runs with the backend as it was before issue 18")
+                    help="Also the cold and warm runs with the backend as it was before the speed work")
     ap.add_argument("--json", type=Path, default=None)
     args = parse_args(ap, QUICK)
 

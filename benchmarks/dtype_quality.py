@@ -19,8 +19,8 @@ shared NQ corpus. The reference is ``fp32``: the transformers backend as it ran 
   fp32 model, with the default cache settings.
 
 Reported per variant: share of questions whose selection (the ids, in order) is identical to
-fp32's (issue 18 asks >= 95 % for the kept settings), identical answers, match (a gold answer
-in the answer) and its paired difference to fp32 with a 95 % paired bootstrap CI (issue 18: the
+fp32's (the target: >= 95 % for the kept settings), identical answers, match (a gold answer
+in the answer) and its paired difference to fp32 with a 95 % paired bootstrap CI (the target: the
 difference stays within the CI, i.e. the CI includes 0), mean k, failed records and seconds per
 question. Records are appended per variant to JSONL files under --work (default: the
 project's cache, ``~/.cache/dynamicrag/benchmarks/``), so an interrupted run resumes where it
@@ -57,7 +57,7 @@ VARIANTS = {
 }
 REFERENCE = "fp32"
 QUICK = {"questions": 4, "top_n": 3, "max_new_tokens": 8, "corpus_limit": 500}
-TARGET_IDENTICAL = 0.95  # issue 18: share of NQ 0-199 with the reranker's selection unchanged
+TARGET_IDENTICAL = 0.95  # the target share of NQ 0-199 with the reranker's selection unchanged
 
 
 def paired_ci(a: list[float], b: list[float], seed: int = 0) -> tuple[float, float, float]:
@@ -118,7 +118,7 @@ def run_variant(name: str, examples: list, args: argparse.Namespace, path: Path)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--questions", type=int, default=200, help="NQ questions from --skip (issue 18: 0-199)")
+    ap.add_argument("--questions", type=int, default=200, help="NQ questions from --skip (the target slice: 0-199)")
     ap.add_argument("--skip", type=int, default=0)
     ap.add_argument("--corpus-limit", type=int, default=None, help="First N corpus passages only (smoke runs)")
     ap.add_argument("--top-n", type=int, default=10)

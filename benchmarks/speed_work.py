@@ -6,12 +6,12 @@ call; the best of --repeats timed runs is kept. Groups (``--groups``, comma-sepa
 
 - ``loading``: model loaded once (a second ``load_backend`` is a cache hit) and index loaded
   once (a second ``load_index``).
-- ``batching`` (issue 6): prompts of mixed length (generator prompts over 1..10 BM25
+- ``batching``: prompts of mixed length (generator prompts over 1..10 BM25
   passages) batched in input order vs sorted by length (padded tokens counted);
   ``torch.no_grad`` vs ``inference_mode``; decoding-heavy work (short prompts, long answers)
   one by one vs batched; ``n`` reranker samples with the prompt encoded ``n`` times
   (``num_return_sequences``) vs once with its KV cache repeated (``share_prefill``).
-- ``dtype`` (issue 18): fp32 vs bf16 weights (and int8 dynamic quantisation of the linear
+- ``dtype``: fp32 vs bf16 weights (and int8 dynamic quantisation of the linear
   layers with ``--int8``: ``torch.ao`` eager quantisation, deprecated, lm_head untied from
   the embedding) on the prefill of top-10 reranker prompts and on decoding at batch 1 and
   batch 8; each row also counts the greedy outputs identical to fp32's.

@@ -13,12 +13,12 @@ generator (--max-new-tokens, 200 as in the paper), all on the bundled SmolLM2-13
 
 Variants (``--variants``, comma-separated):
 
-* ``transformers-b1``: the default transformers backend (issue 18's kept settings: bf16 on a
+* ``transformers-b1``: the default transformers backend (the kept settings: bf16 on a
   CPU with native bf16, shared-prefix KV cache, prompts prefilled one at a time, and
   OMP_WAIT_POLICY=PASSIVE as the CLI sets it), one question at a time (batch 1).
 * ``transformers-b8`` / ``transformers-b16``: the same, batches of 8 / 16 questions (the
   backend's batch size matches, so each LLM call runs them in one batch).
-* ``transformers-fp32-b1`` / ``transformers-fp32-b8``: the backend as it was before issue 18
+* ``transformers-fp32-b1`` / ``transformers-fp32-b8``: the backend as it was before the speed work
   (fp32, no prefix cache, padded batch prefill, OpenMP's default wait policy), for the
   before/after of the same run.
 * ``llamacpp``: the llama.cpp backend on the bundled Q4_1 GGUF as shipped (no fp32
@@ -38,7 +38,7 @@ alone. Model load and one warm-up question are timed apart and excluded from the
 Reported: seconds and CPU seconds per question, questions/s, generated and prompt tokens/s
 (reranker + generator, as the backend reports them), load seconds, failed records, mean k,
 peak RSS, the share of decoding steps spent on rows that had already finished (a batch
-decodes until its longest answer ends), and the checks of issue 18: at most 3.0 s per
+decodes until its longest answer ends), and the speed targets: at most 3.0 s per
 question for ``transformers-b8`` (infer's default batch) and batch 8 at least 1.3x faster per
 question than batch 1, each with the old backend's figure beside it. Prints a markdown table
 last and writes JSON (with each variant's backend settings).
@@ -74,7 +74,7 @@ from _common import (
 
 from dynamicrag.run_settings import run_settings
 
-# The backend before issue 18: fp32, no prefix cache, the padded batch encoded in one pass,
+# The backend before the speed work: fp32, no prefix cache, the padded batch encoded in one pass,
 # OpenMP's own wait policy (an empty OMP_WAIT_POLICY is treated as unset).
 OLD = {"options": {"dtype": "float32", "prefix_cache": False, "prefill": "batch"}, "env": {"OMP_WAIT_POLICY": ""}}
 VARIANTS = {
@@ -89,7 +89,7 @@ VARIANTS = {
 }
 QUICK = {"questions": 1, "top_n": 2, "max_new_tokens": 4, "corpus_limit": 500,
          "variants": "transformers-b1,transformers-b8,transformers-fp32-b8,llamacpp-allcores,openai-b16"}
-TARGET_S_PER_QUESTION, TARGET_BATCH_SPEEDUP = 3.0, 1.3  # issue 18, at top-10 on this machine
+TARGET_S_PER_QUESTION, TARGET_BATCH_SPEEDUP = 3.0, 1.3  # the targets, at top-10 on this machine
 
 
 def load(spec: dict):

@@ -54,7 +54,7 @@ def test_infer_writes_one_well_formed_record_per_question_and_resumes(shared_dat
     assert settings["threads"]["OMP_WAIT_POLICY"] and settings["run"]["batch_size"] == 2
     assert settings["reranker"]["class"] == "DynamicReranker" and settings["reranker"]["max_new_tokens"] == 24
     assert settings["generator"]["config"]["max_new_tokens"] == 24 and settings["generator"]["style"] == "default"
-    assert settings["roles"]["generator"]["decoding"]["tasks"]["default"]["no_repeat_ngram_size"] == 8  # issue 17
+    assert settings["roles"]["generator"]["decoding"]["tasks"]["default"]["no_repeat_ngram_size"] == 8  # the task default
     assert settings["pipeline"]["top_n"] == 5 and settings["dynamicrag"] and settings["command"]
     # Another backend batch size changes speed, not records: resumed, and recorded.
     result = invoke(*args, "--limit", "3", "--backend-option", "batch_size=4")

@@ -82,7 +82,7 @@ def test_a_generator_adapter_and_its_files_are_part_of_the_fingerprint(tmp_path)
 
 
 def test_the_dtype_a_generator_computes_in_is_part_of_the_fingerprint():
-    """``dtype=auto`` became bf16 on CPUs with native bf16 (issue 18): answers cached in fp32
+    """``dtype=auto`` is bf16 on CPUs with native bf16: answers cached in fp32
     must not be reused in bf16, so the dtype the backend describes counts, not the option."""
     class Described(ScriptedBackend):
         def __init__(self, dtype):

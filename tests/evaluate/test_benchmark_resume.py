@@ -1,5 +1,5 @@
 """The benchmark resumes through the stages' runner: an old output of other input or another
-config is refused, never appended to (issue 15, item 4). A scripted backend stands in for the LLM."""
+config is refused, never appended to. A scripted backend stands in for the LLM."""
 
 from __future__ import annotations
 

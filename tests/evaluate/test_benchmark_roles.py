@@ -1,4 +1,4 @@
-"""The benchmark with separate roles (issue 14) on the resumable runner and answer cache (issue 15):
+"""The benchmark with separate roles on the resumable runner and the answer cache:
 a row's reranker adapter, the generator role's adapter in the cache fingerprint, and run files
 refused when a role changes. A scripted backend stands in for both roles' LLMs; the adapter
 folders are only resolved (config + manifest), never loaded."""

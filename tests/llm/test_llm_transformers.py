@@ -266,7 +266,7 @@ def test_default_bf16_stays_within_tolerance_of_fp32(smollm, nq_chats):
     untrained model's id lists are full of such near ties (stop after ``[2]`` or go on), so
     on these 8 short reranker prompts the first token (``None`` or the first id) must agree
     on all and the whole list on at least 5; ``benchmarks/dtype_quality.py`` measures the
-    share of identical selections on NQ 0-199, the figure issue 18 asks for (>= 95 %).
+    share of identical selections on NQ 0-199 (the target: >= 95 %).
     """
     rerank, generate = nq_chats
     bf16 = TransformersBackend()

@@ -86,8 +86,8 @@ def generator_fingerprint(
     adapter = adapter or getattr(backend, "adapter", None)
     if adapter:
         out.update(adapter=str(adapter), adapter_files=local_files(str(adapter)))
-    # The precision the answers are computed in: "auto" is bf16 on CPUs with native bf16 since
-    # issue 18, so the configured option does not tell. Left out for fp32, as caches written
+    # The precision the answers are computed in: "auto" is bf16 on CPUs with native bf16
+    # (transformers backend), so the configured option does not tell. Left out for fp32, as caches written
     # before it was recorded were all fp32 on CPU.
     describe = getattr(backend, "describe", None)
     dtype = describe().get("dtype") if callable(describe) else None

@@ -253,7 +253,7 @@ def _reranker_dtype(pipeline: PipelineConfig) -> str | None:
     """The dtype the reranker role's transformers backend will compute in, unless fp32 (left
     out, so that runs written before the dtype was recorded, all fp32 on CPU, stay valid);
     None for other backends. Found without loading: ``"auto"`` is bf16 on CPUs with native
-    bf16 since issue 18, so the configured name alone does not tell."""
+    bf16 (transformers backend), so the configured name alone does not tell."""
     role = pipeline.reranker
     if role.backend != "transformers":
         return None

@@ -570,7 +570,7 @@ class TransformersBackend:
         if failure:
             raise failure[0]
 
-    # --- Speed (issue 18): what generate starts from --------------------------------------
+    # --- Speed: what generate starts from ------------------------------------------------
 
     def _prefix_cache_key(self) -> Hashable:
         """The weights state a cached prefix KV belongs to: the LoRA adapter(s) switched on now.

@@ -1,9 +1,11 @@
-"""Every prompt of the method, defined once as data (``prompts/*.yaml``), with its parser pattern.
+"""Every prompt of the package, defined once as data (``prompts/*.yaml``), with its parser pattern.
 
-Two styles ship: ``default`` (the project's one format for training and inference) and
-``official`` (byte-for-byte what the released DynamicRAG-7B/8B checkpoints were trained on).
-A style is a YAML file; pass a path to use your own. Placeholders are checked when a style
-loads, so a typo fails at start-up, not in the middle of a run.
+The method's prompts come in styles: ``default`` (the project's one format for training and
+inference) and ``official`` (byte-for-byte what the released DynamicRAG-7B/8B checkpoints were
+trained on). A style is a YAML file; pass a path to use your own. The baselines' and the
+judge's prompts are YAML files too (``listwise``, ``pointwise``, ``judge``), read by
+:func:`load_prompt`. Placeholders are checked when a prompt loads, so a typo fails at start-up,
+not in the middle of a run.
 
 Example:
     >>> style = load_style("official")
@@ -28,6 +30,7 @@ from dynamicrag.llm.base import Chat
 from dynamicrag.schema import Passage
 
 BUILTIN_STYLES = ("default", "official")
+"""The prompt styles that ship (the other YAML files here are single prompts, see :func:`load_prompt`)."""
 
 # Placeholders each template must use, exactly: a missing or unknown one is an error at load.
 _PLACEHOLDERS = {
@@ -71,14 +74,41 @@ def _fields(template: str) -> set[str]:
     return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
 
 
-def _check(source: str, section: str, key: str, template: str) -> None:
-    expected = _PLACEHOLDERS[(section, key)]
+def check_placeholders(source: str, key: str, template: str, expected: set[str]) -> None:
+    """Raise when ``template`` does not use exactly the ``expected`` placeholders.
+
+    Raises:
+        ValueError: Naming ``source`` (the file), ``key`` and both sets.
+    """
     found = _fields(template)
     if found != expected:
-        raise ValueError(
-            f"{source}: {section}.{key} must use placeholders {sorted(expected)}, "
-            f"found {sorted(found)}"
-        )
+        raise ValueError(f"{source}: {key} must use placeholders {sorted(expected)}, found {sorted(found)}")
+
+
+def load_prompt(name: str, placeholders: dict[str, set[str]]) -> dict[str, str]:
+    """A prompt file of the package (``prompts/<name>.yaml``), its templates checked.
+
+    Args:
+        name: The file's name without ``.yaml`` (``listwise``, ``pointwise``, ``judge``).
+        placeholders: Each key the caller needs -> the placeholders its template must use.
+
+    Returns:
+        The file's keys and values (strings).
+
+    Raises:
+        ValueError: A missing key or a template with other placeholders (file and key named).
+    """
+    source = f"{name}.yaml"
+    data = yaml.safe_load(resources.files(__package__).joinpath(source).read_text("utf-8"))
+    for key, expected in placeholders.items():
+        if key not in data:
+            raise ValueError(f"{source}: missing key {key!r}")
+        check_placeholders(source, key, data[key], expected)
+    return data
+
+
+def _check(source: str, section: str, key: str, template: str) -> None:
+    check_placeholders(source, f"{section}.{key}", template, _PLACEHOLDERS[(section, key)])
 
 
 def parse_style(data: dict[str, Any], source: str = "<dict>") -> PromptStyle:

@@ -14,46 +14,22 @@ from __future__ import annotations
 
 import logging
 import re
-import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dynamicrag.llm.base import Backend, Chat, SamplingParams
+from dynamicrag.prompts import load_prompt
 from dynamicrag.rerank.dynamic import RAW_SEPARATOR
 from dynamicrag.schema import Example, Passage, Selection
 
 logger = logging.getLogger(__name__)
 
-# The prompt, its placeholders and its output grammar, kept together (RankGPT's wording,
-# Sun et al. 2023, as one system + one user turn like rank_llm's single-turn templates).
-PROMPT = {
-    "system": "You are RankGPT, an intelligent assistant that can rank passages based on their "
-    "relevancy to the query.",
-    "user": "I will provide you with {num} passages, each indicated by number identifier []. \n"
-    "Rank the passages based on their relevance to query: {query}.\n\n"
-    "{passages}\n\n"
-    "Search Query: {query}. \n"
-    "Rank the {num} passages above based on their relevance to the search query. The passages "
-    "should be listed in descending order using identifiers. The most relevant passages should "
-    "be listed first. The output format should be [] > [], e.g., [1] > [2]. Only response the "
-    "ranking results, do not say any word or explain.",
-    "passage": "[{rank}] {content}",
-}
-PLACEHOLDERS = {"system": set(), "user": {"num", "query", "passages"}, "passage": {"rank", "content"}}
-ID_PATTERN = r"\[(\d+)\]"
+# The prompt (prompts/listwise.yaml, RankGPT's wording) and its output grammar, checked at import.
+PROMPT = load_prompt("listwise", {"system": set(), "user": {"num", "query", "passages"}, "passage": {"rank", "content"}})
+ID_PATTERN = PROMPT["id_pattern"]
 # The exact output grammar: "[2] > [1] > [3]".
 PERMUTATION_PATTERN = rf"\s*{ID_PATTERN}(?:\s*>\s*{ID_PATTERN})*\s*"
 MAX_PASSAGE_WORDS = 300  # RankGPT cuts each passage to its first 300 words
-
-
-def _check_prompt() -> None:
-    for key, expected in PLACEHOLDERS.items():
-        found = {f for _, f, _, _ in string.Formatter().parse(PROMPT[key]) if f}
-        if found != expected:
-            raise ValueError(f"listwise prompt {key!r} has placeholders {sorted(found)}, expected {sorted(expected)}")
-
-
-_check_prompt()
 
 
 @dataclass

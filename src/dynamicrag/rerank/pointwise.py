@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from dynamicrag.prompts import load_prompt
 from dynamicrag.retrieve.base import passage_text
 from dynamicrag.schema import Example, Passage, Selection
 
@@ -27,8 +28,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# monoT5's input, as in pygaggle (Nogueira et al. 2020): the title is not included.
-MONOT5_TEMPLATE = "Query: {query} Document: {document} Relevant:"
+# monoT5's input, as in pygaggle (Nogueira et al. 2020): the title is not included (prompts/pointwise.yaml).
+POINTWISE_PROMPT = load_prompt("pointwise", {"monot5": {"query", "document"}, "true_word": set(), "false_word": set()})
+MONOT5_TEMPLATE = POINTWISE_PROMPT["monot5"]
 DEFAULT_MONOT5 = "castorini/monot5-base-msmarco"
 DEFAULT_CROSS_ENCODER = "cross-encoder/ms-marco-MiniLM-L6-v2"
 
@@ -109,8 +111,8 @@ class MonoT5Scorer:
         device: str = "cpu",
         batch_size: int = 8,
         max_length: int = 512,
-        true_word: str = "true",
-        false_word: str = "false",
+        true_word: str = POINTWISE_PROMPT["true_word"],
+        false_word: str = POINTWISE_PROMPT["false_word"],
     ) -> None:
         if isinstance(model, str):
             model, tokenizer = _load_lm(model, device)

@@ -1,8 +1,8 @@
 """DPO preference pairs from scored trajectories, written for TRL and LLaMA-Factory.
 
 Input: records of :func:`~dynamicrag.train.reward.score_samples` (an example, its
-``prompt_style`` and its ``samples``, each with a ``reward``). Two kinds of pairs (REFERENCE
-item 9, the paper's DPO data):
+``prompt_style`` and its ``samples``, each with a ``reward``). Two kinds of pairs (the paper's
+DPO data, arXiv 2505.07233 section 3.3):
 
 - Reranker: the reranker prompt of the example (the candidates it saw); chosen = the id list
   of the sample with the highest total reward, rejected = the one with the lowest (the first

@@ -61,6 +61,7 @@ from dynamicrag.evaluate.answer_metrics import match, rouge_l
 from dynamicrag.evaluate.normalize import contains_answer
 from dynamicrag.isolation import run_isolated
 from dynamicrag.llm.base import Backend, Chat, SamplingParams
+from dynamicrag.prompts import load_prompt
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -72,16 +73,10 @@ PARTS = ("em", "semantic", "rouge_l", "length", "judge", "match")
 
 DEFAULT_BERTSCORE_MODEL = "roberta-large"  # bert-score's default for English
 
-JUDGE_SYSTEM = "You are a strict, fair grader of answers to questions."
-JUDGE_PROMPT = (
-    "Question: {question}\n"
-    "Reference answer: {gold}\n"
-    "Predicted answer: {answer}\n\n"
-    "Does the predicted answer give the same answer as the reference, correctly and completely? "
-    "Ignore wording and style. Reply with a single integer score from 0 (wrong) to 100 (fully correct), "
-    "and nothing else."
-)
 _JUDGE_PLACEHOLDERS = {"question", "gold", "answer"}
+_JUDGE = load_prompt("judge", {"system": set(), "user": _JUDGE_PLACEHOLDERS})  # prompts/judge.yaml
+JUDGE_SYSTEM = _JUDGE["system"]
+JUDGE_PROMPT = _JUDGE["user"]
 
 # Parser of the judge's reply, kept beside its prompt: reasoning blocks and the scale's own
 # numbers ("0-100", "85/100", "out of 100") are removed, then the first number in 0..100 wins.

@@ -65,16 +65,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dynamicrag.llm.base import Chat
-from dynamicrag.prompts import PromptStyle, generator_chat, load_style
+from dynamicrag.prompts import PromptStyle, generator_chat, load_prompt, load_style
 from dynamicrag.schema import Example
 
 logger = logging.getLogger(__name__)
 
+_FORMS = ("phrase", "sentence")
 ANSWER_FORMS: dict[str, str] = {
-    "phrase": "{answer}",
-    "sentence": "The answer is {answer}.",
+    form: template for form, template in load_prompt("utility", dict.fromkeys(_FORMS, {"answer"})).items() if form in _FORMS
 }
-"""Surface form of a gold answer scored as the start of the generator's reply."""
+"""Surface form of a gold answer scored as the start of the generator's reply (prompts/utility.yaml)."""
 
 DEFAULT_MARGIN = 1.0
 """Nats a passage must add (alone over no passage, or over the passages before it)."""
