@@ -160,13 +160,12 @@ def test_the_generator_runs_on_an_openai_endpoint_while_the_reranker_runs_here(h
 
 @pytest.mark.slow
 def test_serve_builds_its_roles_with_the_one_builder(monkeypatch, smollm, tiny_adapter):
+    import uvicorn
     from fastapi.testclient import TestClient
-
-    import dynamicrag.serve.app as serve_app
 
     monkeypatch.setattr(adapters, "shipped_adapters", lambda: {"tiny-reranker": tiny_adapter})
     served = {}
-    monkeypatch.setattr(serve_app.uvicorn, "run", lambda app, **kw: served.update(app=app, **kw))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.update(app=app, **kw))
     result = ok("serve", "--port", "8123")
     assert f"reranker: adapter {tiny_adapter}" in flat(result) and served["port"] == 8123
     docs = [{"id": "paris", "text": "Paris is the capital of France."}, {"id": "nile", "text": "The Nile is a river."}]

@@ -1378,11 +1378,14 @@ def pairs(
 
 
 def _serve_help(name: str) -> str:
-    try:
-        from dynamicrag.serve.app import SERVE_OPTIONS_HELP
-    except ImportError:  # without the [serve] extra the other commands must still work
-        return "(needs `pip install dynamicrag[serve]`)"
-    return SERVE_OPTIONS_HELP[name]
+    from dataclasses import fields
+
+    from dynamicrag.serve.settings import ServeSettings
+
+    helps = {f.name: f.metadata["help"] for f in fields(ServeSettings)}
+    helps.update(host="Interface to bind; loopback by default (0.0.0.0 serves other machines: set an API key)",
+                 port="TCP port", index_dir="Index (from `dynamicrag index`) searched when /v1/answer gets no passages")
+    return helps[name]
 
 
 @app.command()
@@ -1425,7 +1428,8 @@ def serve(
     """Serve the reranker and the generator over HTTP: POST /v1/rerank, POST /v1/answer, GET /health,
     and a web page at / to ask questions in a browser."""
     _setup_logging(verbose)
-    from dynamicrag.serve.app import SERVE_DEFAULTS, serve_command
+    from dynamicrag.serve.command import serve_command
+    from dynamicrag.serve.settings import SERVE_DEFAULTS
 
     config = _pipeline_config(
         backend=backend, model=model, base_url=base_url, backend_options=backend_options, prompt_style=prompt_style,
@@ -1440,7 +1444,7 @@ def serve(
         _, index_dir = _corpus_index(corpus, RetrieverKind.bm25)
     try:
         serve_command(
-            host=host, port=port, config=config, index_dir=index_dir, api_key=api_key, max_passages=max_passages,
+            config, host=host, port=port, index_dir=index_dir, api_key=api_key, max_passages=max_passages,
             max_text_chars=max_text_chars, max_queue=max_queue, timeout_s=timeout_s, max_batch=max_batch,
             batch_wait_ms=batch_wait_ms, loading=_loading,
         )

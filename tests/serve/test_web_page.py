@@ -24,7 +24,8 @@ from dynamicrag.generate import Generator
 from dynamicrag.rerank import DynamicReranker
 from dynamicrag.retrieve import build_index
 from dynamicrag.serve import BackgroundServer
-from dynamicrag.serve.app import ServeSettings, create_app
+from dynamicrag.serve.app import create_app
+from dynamicrag.serve.settings import ServeSettings
 
 KEY = "page-test-key"
 # The page test needs a question the bundled model answers from some, not all, of the passages

@@ -1,19 +1,29 @@
 """Serving: ``dynamicrag serve`` (rerank and answer over HTTP, micro-batched) and an
-OpenAI-compatible server around any LLM backend (extra ``[serve]``)."""
+OpenAI-compatible server around any LLM backend (extra ``[serve]``).
+
+Names are imported when first used, so ``import dynamicrag.serve`` (and the ``serve`` command's
+options, from :mod:`.settings`) loads no web framework.
+"""
 
 from __future__ import annotations
 
-from dynamicrag.serve.app import SERVE_OPTIONS_HELP, ServeSettings, create_app, serve_command
-from dynamicrag.serve.batcher import MicroBatcher
-from dynamicrag.serve.openai_server import BackgroundServer, create_openai_app, run_openai_server
+import importlib
+from typing import Any
 
-__all__ = [
-    "SERVE_OPTIONS_HELP",
-    "BackgroundServer",
-    "MicroBatcher",
-    "ServeSettings",
-    "create_app",
-    "create_openai_app",
-    "run_openai_server",
-    "serve_command",
-]
+_EXPORTS = {
+    "BackgroundServer": "dynamicrag.serve.background",
+    "MicroBatcher": "dynamicrag.serve.batcher",
+    "ServeSettings": "dynamicrag.serve.settings",
+    "create_app": "dynamicrag.serve.app",
+    "create_openai_app": "dynamicrag.serve.openai_server",
+    "run_openai_server": "dynamicrag.serve.openai_server",
+    "serve_command": "dynamicrag.serve.command",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
