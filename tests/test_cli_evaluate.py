@@ -8,8 +8,10 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from dynamicrag.cli import _print_summary, app
-from dynamicrag.data import ResumableJsonlWriter
+from dynamicrag.cli import app
+from dynamicrag.console import show_stats
+from dynamicrag.data import ResumableJsonlWriter, read_jsonl
+from dynamicrag.pipeline import infer_summary
 
 runner = CliRunner()
 
@@ -93,11 +95,13 @@ def test_evaluate_table_in_a_pipe_keeps_headers_and_numbers_whole(runs, tmp_path
 
 
 def test_infer_summary_in_a_pipe_keeps_numbers_whole(runs, capsys):
-    _print_summary(runs["base"], 30, 12.3456)
+    stats = infer_summary([r for _, r in read_jsonl(runs["base"])])
+    assert stats == {"records": 30, "answered": 30, "failed": 0, "malformed": 0, "mean_k": 1.0}
+    show_stats("infer: base", stats, s_per_question="0.41")
     text = capsys.readouterr().err
     row = table_rows(text, "records")[0]
-    assert row == {"records": "30", "answered": "30", "failed": "0", "malformed": "0", "mean k": "1.00",
-                   "s / question (this run)": "0.41"}
+    assert row == {"records": "30", "answered": "30", "failed": "0", "malformed": "0", "mean k": "1.000",
+                   "s per question": "0.41"}
 
 
 def test_diff_prints_both_directions_and_writes_them(runs, tmp_path):

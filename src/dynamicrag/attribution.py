@@ -134,3 +134,14 @@ def attribute(
         elif shared and len(shared) / len(new_words) >= min_share:
             found.append(Attribution(position, passage.id, " ".join(shared)))
     return found
+
+
+def attribute_record(record: dict) -> list[dict]:
+    """The chosen passages the answer of an ``infer`` record draws on, as JSON: ``position`` is
+    1-based into ``passages``, like ``selected`` (an empty list without an answer)."""
+    if not record.get("answer"):
+        return []
+    chosen = [Passage(id=str(p["id"]), title=p.get("title", ""), text=p["text"])
+              for p in (record["passages"][i - 1] for i in record["selected"])]
+    found = attribute(record["answer"], chosen, record["question"])
+    return [{**a.to_json(), "position": record["selected"][a.position - 1]} for a in found]

@@ -93,26 +93,44 @@ class PipelineConfig(BaseModel):
     reranker: RerankerRoleConfig = Field(default_factory=RerankerRoleConfig)
     generator: RoleConfig = Field(default_factory=RoleConfig)
     kind: str = Field(
-        "dynamic", description="Reranker kind: dynamic | none | topk | pointwise | listwise | adaptive-k | threshold | gold"
+        "dynamic", description="Reranker: dynamic (the method) | none | topk | pointwise | listwise (baselines) | "
+        "adaptive-k | threshold (training-free cuts of --scorer scores) | gold (a ceiling)"
     )
     k: int = Field(5, ge=0, description="Passages kept by topk, pointwise and listwise")
-    window: int | None = Field(None, ge=2, description="Passages per reranker call (dynamic 40, listwise 20)")
-    stride: int = Field(10, ge=1, description="Listwise window step")
-    scorer: str = Field("embedding", description="Scorer of pointwise, adaptive-k and threshold")
+    window: int | None = Field(None, ge=2, description="Passages per reranker call (dynamic: 40, listwise: 20)")
+    stride: int = Field(10, ge=1, description="Listwise sliding-window step")
+    scorer: str = Field(
+        "embedding", description="Scorer of pointwise | adaptive-k | threshold: embedding | monot5:MODEL | "
+        "cross-encoder:MODEL | causal:[MODEL] | retriever (the index's scores)"
+    )
     buffer: int = Field(0, ge=0, description="adaptive-k: extra passages kept below the largest score gap")
-    threshold: float | None = Field(None, description="threshold: lowest score kept")
-    max_drop: float | None = Field(None, ge=0, description="threshold: largest drop from the top score kept, as a share")
-    constrained: bool | None = Field(None, description="Dynamic reranker decoding under the id grammar")
-    passage_words: int | None = Field(None, ge=0, description="Words shown per passage to the reranker; 0: all")
-    reranker_max_tokens: int | None = Field(None, ge=1, description="Cap on the reranker's output")
+    threshold: float | None = Field(None, description="threshold: lowest --scorer score kept")
+    max_drop: float | None = Field(
+        None, ge=0, description="threshold: largest drop from the top score kept, as a share of it (0.2: within 20 %)"
+    )
+    constrained: bool | None = Field(
+        None, description="Constrain reranker decoding to the id grammar ([i], [j] or None) (default: the reranker "
+        "adapter's; without one: on in ask, chat and serve, where the base model is not trained as a reranker; "
+        "off in infer)"
+    )
+    passage_words: int | None = Field(
+        None, ge=0, description="Words of each passage shown to the reranker, 0: all (default: the reranker adapter's, else all)"
+    )
+    reranker_max_tokens: int | None = Field(
+        None, ge=1, description="Cap on an LLM reranker's output (default: dynamic 100 as in the paper; listwise: a full permutation)"
+    )
     answer_max_tokens: int | None = Field(
-        None, ge=1, description="Cap on every generator answer (None: the task's, see dynamicrag.generate; paper: 200)"
+        None, ge=1, description="Cap on every answer (default per task: 64 short answers, 8 labels, 200 paragraphs; paper: 200)"
     )
     generation: GenerationSpec = Field(
         default_factory=GenerationSpec, description="The generator's decoding overrides (n-gram ban, stop, labels)"
     )
-    top_n: int | None = Field(None, ge=1, description="Candidates the reranker sees")
-    retrieve: bool = Field(False, description="Retrieve even for examples with their own passages")
+    top_n: int | None = Field(
+        None, ge=1, description="Candidates the reranker sees (default: the reranker adapter's, else 40; ask, chat and serve: 10)"
+    )
+    retrieve: bool = Field(
+        False, description="Retrieve from --index even for examples with their own passages (their gold marks the retrieved ones)"
+    )
 
     @field_validator("kind")
     @classmethod
@@ -196,15 +214,33 @@ def adapter_manifest(folder: str | None) -> AdapterManifest | None:
     return read_manifest(folder)
 
 
-def _check_backend(role: str, config: RoleConfig) -> None:
-    """Fail before any model loads: unknown backend, or options its constructor does not take."""
+def backend_spec(
+    what: str, name: str, model: str | None, base_url: str | None = None, options: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``load_backend``'s arguments, checked before any model loads, so a bad option fails at
+    once wherever the stage then runs (this process or Ray workers).
+
+    Args:
+        what: What the backend is for, for the message (``"reranker role"``, ``"judge"``).
+        name: The backend's name.
+        model: Its model; a local folder is made absolute (a Ray worker may not share the
+            working directory).
+        base_url: Its server (backend ``openai``).
+        options: Its constructor's other arguments.
+
+    Raises:
+        ValueError: An unknown backend, or an option its constructor does not take.
+    """
     from dynamicrag.llm import backend_class
 
-    kwargs = {**config.backend_options, **({"base_url": config.base_url} if config.base_url else {})}
+    kwargs = {**(options or {}), **({"base_url": base_url} if base_url else {})}
     try:
-        inspect.signature(backend_class(config.backend)).bind_partial(**kwargs)
+        inspect.signature(backend_class(name)).bind_partial(**kwargs)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{role} role: backend {config.backend!r}: {err}") from None
+        raise ValueError(f"{what}: backend {name!r}: {err}") from None
+    if model and Path(model).expanduser().exists():
+        model = str(Path(model).expanduser().resolve())
+    return {"name": name, "model": model, **kwargs}
 
 
 def _resolve_adapter(role: str, config: RoleConfig, kind: str) -> str:
@@ -253,13 +289,10 @@ def _resolve_adapter(role: str, config: RoleConfig, kind: str) -> str:
 
 
 def _resolve_role(role: str, config: RoleConfig, kind: str) -> RoleConfig:
-    _check_backend(role, config)
+    spec = backend_spec(f"{role} role", config.backend, config.model, config.base_url, config.backend_options)
     if config.backend == "openai" and not config.model:
         raise ValueError(f"{role} role: backend 'openai' needs the served model's name (--{role}-model or --model)")
-    model = config.model
-    if model and Path(model).expanduser().exists():
-        model = str(Path(model).expanduser().resolve())  # a Ray worker may not share this working directory
-    config = config.model_copy(update={"model": model})
+    config = config.model_copy(update={"model": spec["model"]})
     return config.model_copy(update={"adapter": _resolve_adapter(role, config, kind)})
 
 
@@ -447,9 +480,65 @@ def build_pipeline(
     )
 
 
+# The stages' batch functions are built by factories where the batches run: in this process or
+# once on each Ray worker (dynamicrag.executors). They are pickled to the workers, so they take
+# only small arguments (names, paths, configs) and load models and indexes when called;
+# load_backend and load_index keep one copy per process.
+
+
+def pipeline_batch_fn(config: PipelineConfig, index_dir: str | None) -> Any:
+    """The batch function of ``dynamicrag infer``: the pipeline of ``config`` over the index at
+    ``index_dir`` (None: the examples' own passages), ``examples -> records``."""
+    from dynamicrag.retrieve import load_index
+
+    retriever = load_index(index_dir) if index_dir else None
+    return build_pipeline(config, retriever).run
+
+
+def stage_settings(config: PipelineConfig, local: bool, fn_factory: Any = None, **sections: Any) -> dict[str, Any]:
+    """A stage's run settings (see :mod:`dynamicrag.run_settings`) for the roles of ``config``.
+
+    Where the batches run in this process, each role's backend is loaded here once and
+    described (``load_backend`` and ``load_index`` hand the same objects to the batches), with
+    the reranker's and the generator's own settings when ``fn_factory()`` returns a pipeline's
+    ``run``; on Ray, each role's backend spec is recorded (the workers load it). An LLM that
+    no row runs (the reranker of ``top-k``) is left out.
+
+    Args:
+        config: The resolved pipeline config.
+        local: The batches run in this process.
+        fn_factory: The stage's batch-function factory (only called when ``local``).
+        **sections: The stage's other sections (its config, ``run=`` batch size and executor).
+
+    Raises:
+        ValueError: A backend that cannot be built (``TypeError`` and missing files too).
+    """
+    from dynamicrag.run_settings import run_settings
+
+    specs = {}
+    for role in ROLES:
+        section: RoleConfig = getattr(config, role)
+        specs[role] = {"name": section.backend, "model": section.model, "base_url": section.base_url,
+                       "adapter": None if section.adapter == NONE else section.adapter, **section.backend_options}
+    if config.kind not in LLM_RERANKERS:
+        del specs["reranker"]  # no reranker LLM runs (top-k, pointwise, ...): nothing to describe
+    sections = {"roles": role_settings(config), **sections}
+    if not local:
+        return run_settings(backends={role: {**spec, "described": "no (loaded on the Ray workers)"}
+                                      for role, spec in specs.items()}, **sections)
+    try:
+        backends = {role: role_backend(getattr(config, role)) for role in specs}
+        pipeline = getattr(fn_factory(), "__self__", None) if fn_factory is not None else None
+    except (TypeError, FileNotFoundError) as err:
+        raise ValueError(str(err)) from err
+    if pipeline is not None:
+        sections = {"reranker": pipeline.reranker, "generator": pipeline.generator, **sections}
+    return run_settings(backends=backends, **sections)
+
+
 __all__ = [
-    "AUTO", "NONE", "PipelineConfig", "RerankerRoleConfig", "RoleConfig", "RoleOptions", "adapter_manifest",
+    "AUTO", "NONE", "PipelineConfig", "RerankerRoleConfig", "RoleConfig", "RoleOptions", "adapter_manifest", "backend_spec",
     "build_generator", "build_pipeline", "build_reranker", "default_adapter", "generation_config", "models_label",
-    "resolve_config",
+    "pipeline_batch_fn", "resolve_config", "stage_settings",
     "role_backend", "role_configs", "role_settings", "same_base_model",
 ]

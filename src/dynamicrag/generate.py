@@ -157,10 +157,16 @@ class GenerationSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_new_tokens: int | None = PydanticField(None, ge=1, description="Cap on every answer")
-    no_repeat_ngram_size: int | None = PydanticField(None, ge=0, description="Answer-only n-gram ban; 0: off")
-    frequency_penalty: float | None = PydanticField(None, ge=-2, le=2, description="Penalty per repeated answer token")
-    stop: list[str] | None = PydanticField(None, description="Strings that end an answer; []: none")
-    constrain_labels: bool = PydanticField(True, description="Label tasks (FEVER) answer with exactly one label")
+    no_repeat_ngram_size: int | None = PydanticField(
+        None, ge=0, description="No token n-gram of this size repeats within an answer (the passages may still be "
+        "copied); 0: off. Default: 8 (labels: off)")
+    frequency_penalty: float | None = PydanticField(
+        None, ge=-2, le=2, description="OpenAI-style penalty per repeated answer token (default 0)")
+    stop: list[str] | None = PydanticField(
+        None, description="Strings that end an answer ([]: none; on the command line, escapes like \\n work and "
+        "'none' is no stop). Default for short answers: a paragraph break after . or !")
+    constrain_labels: bool = PydanticField(
+        True, description="Label tasks (FEVER) answer with exactly one label (constrained decoding)")
 
     def to_config(self, answer_max_tokens: int | None = None, temperature: float = 0.0) -> GenerationConfig:
         """The :class:`GenerationConfig`; ``answer_max_tokens`` is the cap when this spec sets none.

@@ -64,6 +64,19 @@ def retrieve_batch_fn(index_dir: str, top_n: int) -> Callable[[list[Example]], l
     return lambda batch: [ex.model_dump(mode="json") for ex in with_passages(batch, retriever, top_n, retrieve=True)]
 
 
+def infer_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """What an ``infer`` output holds: ``records``, ``answered``, ``failed``, ``malformed``
+    (reranker outputs off the id grammar) and ``mean_k`` (over the answered records)."""
+    answered = [r for r in records if not r.get("error")]
+    return {
+        "records": len(records),
+        "answered": len(answered),
+        "failed": len(records) - len(answered),
+        "malformed": sum(1 for r in records if r.get("well_formed") is False),
+        "mean_k": sum(len(r["selected"]) for r in answered) / len(answered) if answered else 0.0,
+    }
+
+
 @dataclass
 class Outcome:
     """One example through the pipeline.
@@ -125,18 +138,23 @@ class Pipeline:
         """Answer a batch: one record per example, in order (see :meth:`answer`)."""
         return [outcome.record() for outcome in self.answer(examples)]
 
-    def answer(self, examples: Sequence[Example]) -> list[Outcome]:
+    def answer(self, examples: Sequence[Example], generate: bool = True) -> list[Outcome]:
         """Retrieve, rerank and answer a batch. A failing example keeps its ``error``; never dropped.
 
         The batch goes through the models together; if that raises, the examples are run one by
         one so one bad example does not sink the others (:func:`~dynamicrag.isolation.run_isolated`).
-        """
-        return run_isolated(self._answer_batch, examples, _failed, what="example", log=logger)
 
-    def _answer_batch(self, examples: list[Example]) -> list[Outcome]:
-        start = time.perf_counter()
-        shown = with_passages(examples, self.retriever, self.top_n, self.retrieve)
-        return self.rerank_and_answer(shown, timings={"retrieve": time.perf_counter() - start})
+        Args:
+            examples: The batch.
+            generate: Answer them (False: retrieve and rerank only, e.g. to stream the answer).
+        """
+
+        def batch(group: list[Example]) -> list[Outcome]:
+            start = time.perf_counter()
+            shown = with_passages(group, self.retriever, self.top_n, self.retrieve)
+            return self.rerank_and_answer(shown, [generate] * len(shown), {"retrieve": time.perf_counter() - start})
+
+        return run_isolated(batch, examples, _failed, what="example", log=logger)
 
     def rerank_and_answer(
         self, examples: Sequence[Example], answer: Sequence[bool] | None = None, timings: dict[str, float] | None = None

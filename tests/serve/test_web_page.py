@@ -18,7 +18,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from dynamicrag.cli import default_corpus
+from dynamicrag.retrieve.corpus_index import default_corpus
 from dynamicrag.data import load_corpus
 from dynamicrag.generate import Generator
 from dynamicrag.rerank import DynamicReranker

@@ -197,7 +197,7 @@ def test_dpo_continues_the_sft_adapter_against_the_sft_model_and_resumes(sft_ada
 
     config = baby_config(tmp_path, adapter=str(sft_adapter), max_steps=1, save_steps=1, learning_rate=5e-3,
                          save="adapter")
-    with caplog.at_level("INFO", logger="dynamicrag.train.sft"):
+    with caplog.at_level("INFO", logger="dynamicrag.train"):
         out = train_dpo(config)
     assert "Resuming" not in caplog.text
     state = json.loads((Path(config.output_dir) / "checkpoints" / "trainer_state.json").read_text())
@@ -209,7 +209,7 @@ def test_dpo_continues_the_sft_adapter_against_the_sft_model_and_resumes(sft_ada
     caplog.clear()
     config = baby_config(tmp_path, adapter=str(sft_adapter), max_steps=3, save_steps=1, learning_rate=5e-3,
                          save="adapter")
-    with caplog.at_level("INFO", logger="dynamicrag.train.sft"):
+    with caplog.at_level("INFO", logger="dynamicrag.train"):
         out = train_dpo(config)
     assert "Resuming from" in caplog.text and "checkpoint-1" in caplog.text
     state = json.loads((Path(config.output_dir) / "checkpoints" / "trainer_state.json").read_text())

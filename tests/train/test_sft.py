@@ -136,7 +136,7 @@ def test_rerun_resumes_from_the_last_checkpoint(trained, caplog):
 
     config, _ = trained
     more = SFTRunConfig(**{**config.__dict__, "max_steps": 4})
-    with caplog.at_level("INFO", logger="dynamicrag.train.sft"):
+    with caplog.at_level("INFO", logger="dynamicrag.train"):
         train_sft(more)
     assert "Resuming from" in caplog.text and "checkpoint-3" in caplog.text
     state = json.loads((Path(config.output_dir) / "checkpoints" / "trainer_state.json").read_text())

@@ -143,6 +143,24 @@ class BenchmarkConfig(BaseModel):
         """The (benchmark, row) pairs to run, in config order (a row's ``benchmarks`` filter applied)."""
         return [(b, r) for b in self.benchmarks for r in self.rerankers if r.benchmarks is None or b.name in r.benchmarks]
 
+    def with_overrides(self, model: str | None = None, reranker_adapter: str | None = None) -> BenchmarkConfig:
+        """This config with another model (both roles) or reranker adapter (``benchmark --model``,
+        ``--reranker-adapter``), every run's pipeline checked before the first run.
+
+        Raises:
+            ValueError: A run whose roles or options cannot be built (adapter, backend, option).
+            FileNotFoundError: An adapter folder that does not exist.
+        """
+        config = self
+        if model:
+            config = config.model_copy(update={"model": model})
+        if reranker_adapter:
+            own = config.reranker or RoleOptions()
+            config = config.model_copy(update={"reranker": own.model_copy(update={"adapter": reranker_adapter})})
+        for bench, spec in config.runs():
+            config.pipeline_config(spec, bench)
+        return config
+
     def pipeline_config(self, spec: RerankerSpec, bench: BenchmarkSpec) -> PipelineConfig:
         """The pipeline of one (benchmark, row) run, resolved (adapters found and checked).
 

@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
 
 from dynamicrag.prompts import load_prompt
 from dynamicrag.retrieve.base import passage_text
@@ -235,6 +234,8 @@ class CrossEncoderScorer:
 
     def score(self, query: str, passages: Sequence[Passage]) -> list[float]:
         """The cross-encoder's score per passage (its own activation), in input order."""
+        import numpy as np  # here, not at import: the command line's help loads no numpy
+
         pairs = [(query, passage_text(p)) for p in passages]
         scores = self.model.predict(pairs, batch_size=self.batch_size, show_progress_bar=False, convert_to_numpy=True)
         scores = np.asarray(scores, dtype=np.float64)
@@ -264,6 +265,8 @@ class EmbeddingScorer:
 
     def score(self, query: str, passages: Sequence[Passage]) -> list[float]:
         """Cosine similarity per passage, in input order."""
+        import numpy as np
+
         kwargs = dict(batch_size=self.batch_size, show_progress_bar=False, convert_to_numpy=True, normalize_embeddings=True)
         q = self.encoder.encode_query([query], **kwargs)  # (1, dim)
         d = self.encoder.encode_document([passage_text(p) for p in passages], **kwargs)  # (n, dim)

@@ -10,44 +10,28 @@ Example:
     >>> load_index("indexes/nq").search(["who wrote hamlet"], k=40)  # doctest: +SKIP
 """
 
-from dynamicrag.retrieve.base import BaseRetriever, Retriever, passage_text
-from dynamicrag.retrieve.bm25 import BM25Retriever
-from dynamicrag.retrieve.dense import (
-    DEFAULT_ENCODER,
-    DenseOptions,
-    DenseRetriever,
-    default_encoder_path,
-    load_encoder,
-)
-from dynamicrag.retrieve.hybrid import HybridRetriever, rrf_fuse
-from dynamicrag.retrieve.index import (
-    RETRIEVERS,
-    build_index,
-    clear_index_cache,
-    load_index,
-    retriever_class,
-)
-from dynamicrag.retrieve.sharded import ShardedDenseRetriever, build_sharded_index
-from dynamicrag.retrieve.storage import NotAnIndexError
+from dynamicrag.lazy import lazy_exports
 
-__all__ = [
-    "BM25Retriever",
-    "BaseRetriever",
-    "DEFAULT_ENCODER",
-    "DenseOptions",
-    "DenseRetriever",
-    "HybridRetriever",
-    "NotAnIndexError",
-    "RETRIEVERS",
-    "Retriever",
-    "ShardedDenseRetriever",
-    "build_index",
-    "build_sharded_index",
-    "clear_index_cache",
-    "default_encoder_path",
-    "load_encoder",
-    "load_index",
-    "passage_text",
-    "retriever_class",
-    "rrf_fuse",
-]
+_EXPORTS = {
+    "BM25Retriever": "dynamicrag.retrieve.bm25",
+    "BaseRetriever": "dynamicrag.retrieve.base",
+    "DEFAULT_ENCODER": "dynamicrag.retrieve.dense",
+    "DenseOptions": "dynamicrag.retrieve.dense",
+    "DenseRetriever": "dynamicrag.retrieve.dense",
+    "HybridRetriever": "dynamicrag.retrieve.hybrid",
+    "NotAnIndexError": "dynamicrag.retrieve.storage",
+    "RETRIEVERS": "dynamicrag.retrieve.index",
+    "Retriever": "dynamicrag.retrieve.base",
+    "ShardedDenseRetriever": "dynamicrag.retrieve.sharded",
+    "build_index": "dynamicrag.retrieve.index",
+    "build_sharded_index": "dynamicrag.retrieve.sharded",
+    "clear_index_cache": "dynamicrag.retrieve.index",
+    "default_encoder_path": "dynamicrag.retrieve.dense",
+    "load_encoder": "dynamicrag.retrieve.dense",
+    "load_index": "dynamicrag.retrieve.index",
+    "passage_text": "dynamicrag.retrieve.base",
+    "retriever_class": "dynamicrag.retrieve.index",
+    "rrf_fuse": "dynamicrag.retrieve.hybrid",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -26,11 +26,12 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, overload
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, overload
 
 from dynamicrag.schema import Passage
+
+if TYPE_CHECKING:
+    import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +183,8 @@ def _package_version() -> str:
 
 def line_offsets(path: Path) -> np.ndarray:
     """Byte offset where each line of ``path`` starts, then the file size: (n_lines + 1,)."""
+    import numpy as np  # here, not at import: reading an index's metadata needs no numpy
+
     starts = [np.zeros(1, dtype=np.int64)]
     done = 0
     with path.open("rb") as f:

@@ -5,10 +5,7 @@ Names are imported when first used, so ``import dynamicrag.serve`` (and the ``se
 options, from :mod:`.settings`) loads no web framework.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
+from dynamicrag.lazy import lazy_exports
 
 _EXPORTS = {
     "BackgroundServer": "dynamicrag.serve.background",
@@ -21,9 +18,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

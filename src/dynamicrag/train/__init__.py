@@ -13,57 +13,43 @@ what they do for the generator's likelihood of the gold answer; :mod:`~dynamicra
 (``dynamicrag train recipe``) runs every stage, resumably, into a shippable adapter.
 """
 
-from dynamicrag.train.export import LLAMAFACTORY_NAME, prepare, to_alpaca, write_llamafactory, write_trl_jsonl
-from dynamicrag.train.label import (
-    LABEL_TASKS,
-    TEACHER_DEFAULTS,
-    LabelConfig,
-    LabelRule,
-    label_example,
-    label_examples,
-    make_teacher,
-    read_labelled,
-)
-from dynamicrag.train.pairs import build_generator_pairs, build_reranker_pairs, export_pairs, reranker_pair_stats
-from dynamicrag.train.recipe import RecipeConfig, load_recipe_config, run_recipe
-from dynamicrag.train.reward import RewardConfig, reward_parts, reweight_samples, score_samples
-from dynamicrag.train.sample import SampleConfig, sample_trajectories
-from dynamicrag.train.trajectories import build_sft_records, generator_passages, reranker_target_ids, split_pools
-from dynamicrag.train.utility import ExpertSearch, UtilityTeacher, build_expert, tie_order
+from dynamicrag.lazy import lazy_exports
 
-__all__ = [
-    "LABEL_TASKS",
-    "LLAMAFACTORY_NAME",
-    "LabelConfig",
-    "LabelRule",
-    "ExpertSearch",
-    "RecipeConfig",
-    "RewardConfig",
-    "SampleConfig",
-    "TEACHER_DEFAULTS",
-    "UtilityTeacher",
-    "build_expert",
-    "build_generator_pairs",
-    "build_reranker_pairs",
-    "build_sft_records",
-    "export_pairs",
-    "generator_passages",
-    "label_example",
-    "label_examples",
-    "load_recipe_config",
-    "make_teacher",
-    "prepare",
-    "read_labelled",
-    "reranker_pair_stats",
-    "reward_parts",
-    "reweight_samples",
-    "run_recipe",
-    "sample_trajectories",
-    "score_samples",
-    "reranker_target_ids",
-    "split_pools",
-    "tie_order",
-    "to_alpaca",
-    "write_llamafactory",
-    "write_trl_jsonl",
-]
+_EXPORTS = {
+    "ExpertSearch": "dynamicrag.train.utility",
+    "LABEL_TASKS": "dynamicrag.train.label",
+    "LLAMAFACTORY_NAME": "dynamicrag.train.export",
+    "LabelConfig": "dynamicrag.train.label",
+    "LabelRule": "dynamicrag.train.label",
+    "RecipeConfig": "dynamicrag.train.recipe",
+    "RewardConfig": "dynamicrag.train.reward",
+    "SampleConfig": "dynamicrag.train.sample",
+    "TEACHER_DEFAULTS": "dynamicrag.train.label",
+    "UtilityTeacher": "dynamicrag.train.utility",
+    "build_expert": "dynamicrag.train.utility",
+    "build_generator_pairs": "dynamicrag.train.pairs",
+    "build_reranker_pairs": "dynamicrag.train.pairs",
+    "build_sft_records": "dynamicrag.train.trajectories",
+    "export_pairs": "dynamicrag.train.pairs",
+    "generator_passages": "dynamicrag.train.trajectories",
+    "label_example": "dynamicrag.train.label",
+    "label_examples": "dynamicrag.train.label",
+    "load_recipe_config": "dynamicrag.train.recipe",
+    "make_teacher": "dynamicrag.train.label",
+    "prepare": "dynamicrag.train.export",
+    "read_labelled": "dynamicrag.train.label",
+    "reranker_pair_stats": "dynamicrag.train.pairs",
+    "reranker_target_ids": "dynamicrag.train.trajectories",
+    "reward_parts": "dynamicrag.train.reward",
+    "reweight_samples": "dynamicrag.train.reward",
+    "run_recipe": "dynamicrag.train.recipe",
+    "sample_trajectories": "dynamicrag.train.sample",
+    "score_samples": "dynamicrag.train.reward",
+    "split_pools": "dynamicrag.train.trajectories",
+    "tie_order": "dynamicrag.train.utility",
+    "to_alpaca": "dynamicrag.train.export",
+    "write_llamafactory": "dynamicrag.train.export",
+    "write_trl_jsonl": "dynamicrag.train.export",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -15,10 +15,12 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +98,36 @@ def write_llamafactory(records: Sequence[dict[str, Any]], out_dir: str | Path, n
     atomic_write_json(data_file, [to_alpaca(r) for r in records])
     add_dataset_info(out_dir, name, {"file_name": data_file.name, "formatting": "alpaca", "columns": dict(_ALPACA_COLUMNS)})
     return data_file
+
+
+@dataclass
+class PrepareConfig:
+    """Options of ``dynamicrag prepare`` (the keyword arguments of :func:`prepare`)."""
+
+    prompt_style: str = field(default="default", metadata={"help": "default | official (released checkpoints) | a YAML path"})
+    max_k: int = field(default=5, metadata={"help": "Most ids in a reranker target"})
+    max_generator_passages: int = field(default=15, metadata={"help": "Most passages in a generator prompt (original: 15)"})
+    sft_fraction: float = field(default=0.7, metadata={"help": "Share of examples for SFT; the rest is the DPO pool"})
+    seed: int = field(default=0, metadata={"help": "Split seed (same seed, same files)"})
+    passage_words: int | None = field(
+        default=None,
+        metadata={"help": "Words shown of each passage in the reranker prompt (default: all); use the same cap in "
+                  "sample and at inference"},
+    )
+
+    def __post_init__(self) -> None:
+        if self.max_k < 1 or self.max_generator_passages < 1:
+            raise ValueError(f"max_k and max_generator_passages must be >= 1, got {self.max_k}, {self.max_generator_passages}")
+        if not 0 <= self.sft_fraction <= 1:
+            raise ValueError(f"sft_fraction must be in [0, 1], got {self.sft_fraction}")
+        if self.passage_words is not None and self.passage_words < 1:
+            raise ValueError(f"passage_words must be >= 1 (or unset: all), got {self.passage_words}")
+
+    def kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`prepare`."""
+        out = dataclasses.asdict(self)
+        out["style"] = out.pop("prompt_style")
+        return out
 
 
 def prepare(

@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -347,6 +347,63 @@ def label_examples(examples: Iterable[Example], scorer: Teacher, config: LabelCo
     return out
 
 
+def label_batch_fn(config: LabelConfig, index_dir: str | None, retrieve: bool) -> Callable[[list[Example]], list[dict]]:
+    """The batch function of ``dynamicrag label`` (see :mod:`dynamicrag.executors`): the teacher
+    and the index load here, once per worker; each batch gets its candidates (its own first
+    ``top_n`` passages, or the index's with ``retrieve``) and is labelled, as JSON records."""
+    from dynamicrag.pipeline import with_passages
+    from dynamicrag.retrieve import load_index
+
+    teacher = make_teacher(config)
+    retriever = load_index(index_dir) if index_dir else None
+
+    def label_batch(batch: list[Example]) -> list[dict]:
+        labelled = label_examples(with_passages(batch, retriever, config.top_n, retrieve), teacher, config)
+        return [ex.model_dump(mode="json") for ex in labelled]
+
+    return label_batch
+
+
+def label_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """What a label output holds: passages, the teacher's and the rule's verdicts, failures.
+
+    Args:
+        records: The output's records (``Example.model_dump`` each).
+
+    Returns:
+        ``examples``, ``passages``, ``teacher_yes``, ``has_answer``, ``relevant``,
+        ``none_relevant`` (examples without a relevant passage), ``mean_relevant``,
+        ``teacher_alone`` (examples labelled by the teacher alone), ``failed`` (the teacher
+        raised), and ``utility`` (None, or for the utility teacher: ``questions``,
+        ``none_share``, ``mean_k``, ``sequences``, ``forward_passes``, ``tokens`` per question).
+    """
+    labelled = [r for r in records if LABEL_ERROR not in r.get("extra", {})]
+    passages = [p["extra"] for r in labelled for p in r["passages"]]
+    relevant = [sum(bool(p["extra"].get("relevant")) for p in r["passages"]) for r in labelled]
+    out: dict[str, Any] = {
+        "examples": len(records),
+        "passages": len(passages),
+        "teacher_yes": sum(bool(p.get("teacher_relevant")) for p in passages),
+        "has_answer": sum(p.get("has_answer") is True for p in passages),
+        "relevant": sum(relevant),
+        "none_relevant": sum(n == 0 for n in relevant),
+        "mean_relevant": round(sum(relevant) / len(labelled), 2) if labelled else None,
+        "teacher_alone": sum(r["extra"].get("label_rule") == LabelRule.teacher.value for r in labelled),
+        "failed": len(records) - len(labelled),
+        "utility": None,
+    }
+    costs = [r["extra"]["utility"] for r in labelled if "utility" in r["extra"]]
+    if costs:
+        experts = [r["extra"]["expert"] for r in labelled if "expert" in r["extra"]]
+        mean = lambda key: sum(c["cost"].get(key, 0) for c in costs) / len(costs)  # noqa: E731
+        out["utility"] = {
+            "questions": len(costs), "none_share": sum(not e for e in experts) / len(experts),
+            "mean_k": sum(map(len, experts)) / len(experts), "sequences": mean("sequences"),
+            "forward_passes": mean("forward_passes"), "tokens": mean("tokens"),
+        }
+    return out
+
+
 def read_labelled(path: str | Path) -> list[Example]:
     """Read the examples written by ``dynamicrag label`` (``Example.model_dump`` per line).
 
@@ -393,8 +450,10 @@ __all__ = [
     "Teacher",
     "TeacherDefaults",
     "combine",
+    "label_batch_fn",
     "label_example",
     "label_examples",
+    "label_summary",
     "make_teacher",
     "utility_labelled",
     "read_labelled",

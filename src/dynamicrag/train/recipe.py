@@ -40,10 +40,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from dynamicrag.data import ResumableJsonlWriter, atomic_write_json, load_examples, read_jsonl
+from dynamicrag.data import atomic_write_json, load_examples, read_jsonl
 from dynamicrag.schema import Example
 
 logger = logging.getLogger(__name__)
@@ -256,16 +257,12 @@ def _count(path: Path) -> int:
 
 
 def _write_resumable(path: Path, items: Sequence[Any], batch_size: int, fn: Callable[[list], list[dict]]) -> None:
-    """Write ``fn(batch)`` records for the items not yet in ``path`` (resumes by position)."""
-    with ResumableJsonlWriter(path) as writer:
-        for written, item in zip(writer.ids, items):
-            want = item.get("id") if isinstance(item, dict) else getattr(item, "id", None)
-            if written is not None and want is not None and written != str(want):
-                raise ValueError(f"{path}: holds record {written!r} where {want!r} belongs; "
-                                 "the file was written from other input: use a new --out")
-        for start in range(writer.done, len(items), batch_size):
-            for record in fn(list(items[start:start + batch_size])):
-                writer.write(record)
+    """Write ``fn(batch)`` records for the items not yet in ``path``, through the one resumable
+    runner of every stage (:func:`~dynamicrag.executors.run_resumable`: the records already
+    written must be those of the first items)."""
+    from dynamicrag.executors import run_resumable
+
+    run_resumable(items, path, batch_size, lambda: fn)
 
 
 # ---------------------------------------------------------------- the recipe
@@ -359,24 +356,18 @@ class Recipe:
         self.log.run("index", lambda: (self.index_dir / "meta.json").exists(), work)
 
     def stage_label(self) -> None:
-        from dynamicrag.pipeline import with_passages
-        from dynamicrag.train.label import label_examples, make_teacher
+        from dynamicrag.executors import run_resumable
+        from dynamicrag.train.label import label_batch_fn
 
         questions = self.train_questions()
         done = lambda: all(_count(self.label_path(d)) == len(q) for d, q in questions.items())  # noqa: E731
 
         def work() -> None:
             config = self.config.label_config()
-            teacher = make_teacher(config)
-            retriever = self.retriever()
             for data, examples in questions.items():
                 retrieve = data == "nq"  # NQ: BM25 over the corpus; HotpotQA: its own paragraphs
-
-                def label(batch: list[Example], retrieve: bool = retrieve) -> list[dict]:
-                    shown = with_passages(batch, retriever if retrieve else None, config.top_n, retrieve)
-                    return [ex.model_dump(mode="json") for ex in label_examples(shown, teacher, config)]
-
-                _write_resumable(self.label_path(data), examples, 8, label)
+                index = str(self.index_dir) if retrieve else None
+                run_resumable(examples, self.label_path(data), 8, partial(label_batch_fn, config, index, retrieve))
 
         self.log.run("label", done, work)
 

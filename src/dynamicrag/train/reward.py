@@ -55,7 +55,6 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
 
 from dynamicrag.evaluate.answer_metrics import match, rouge_l
 from dynamicrag.evaluate.normalize import contains_answer
@@ -280,6 +279,8 @@ class EmbeddingSimilarity:
         self.batch_size = batch_size
 
     def similarity(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        import numpy as np  # here, not at import: the command line's help loads no numpy
+
         if not pairs:
             return []
         texts = sorted({t for pair in pairs for t in pair})  # each distinct text encoded once
@@ -316,6 +317,8 @@ class BertScoreSimilarity:
         self.scorer = BERTScorer(model_type=model, lang="en", rescale_with_baseline=True, batch_size=batch_size)
 
     def similarity(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        import numpy as np
+
         if not pairs:
             return []
         _, _, f1 = self.scorer.score([a for a, _ in pairs], [r for _, r in pairs])
@@ -644,3 +647,27 @@ __all__ = [
     "reweight_samples",
     "score_samples",
 ]
+
+
+def reward_batch_fn(config: RewardConfig, judge: dict[str, Any] | None) -> Callable[[list[dict]], list[dict]]:
+    """The batch function of ``dynamicrag reward`` (see :mod:`dynamicrag.executors`): the
+    semantic scorer and the judge (``judge``: ``load_backend``'s arguments, or None) load here,
+    once per worker; each batch of sampled records is scored."""
+    from dynamicrag.llm import load_backend
+
+    judge_llm = load_backend(**judge) if judge else None
+    scorer = make_semantic_scorer(config.semantic, config.semantic_batch_size)
+    return lambda batch: score_samples(batch, config, judge_llm, semantic_scorer=scorer)
+
+
+def reward_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """What a reward output holds: ``records``, ``samples`` (scored), the mean of ``total`` and of
+    each part over the samples that have it (None where none has), ``judge_errors``."""
+    rewards = [s["reward"] for r in records for s in r["samples"] if s.get("reward")]
+
+    def mean(part: str) -> float | None:
+        values = [r[part] for r in rewards if r.get(part) is not None]
+        return sum(values) / len(values) if values else None
+
+    return {"records": len(records), "samples": len(rewards), "total": mean("total"),
+            **{part: mean(part) for part in PARTS}, "judge_errors": sum(r.get("judge_error") is not None for r in rewards)}

@@ -33,7 +33,7 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -195,3 +195,34 @@ def _sample_batch(
         total, len(examples), len(jobs), malformed, failed,
     )
     return records
+
+
+def sample_batch_fn(roles: Any, index_dir: str | None, config: SampleConfig) -> Callable[[list[Example]], list[dict]]:
+    """The batch function of ``dynamicrag sample`` (see :mod:`dynamicrag.executors`): each role's
+    backend (``roles``: a resolved :class:`~dynamicrag.build.PipelineConfig`) and the index load
+    here, once per worker; each batch gets its candidates and is sampled."""
+    from dynamicrag.build import role_backend
+    from dynamicrag.pipeline import with_passages
+    from dynamicrag.retrieve import load_index
+
+    reranker, generator = role_backend(roles.reranker), role_backend(roles.generator)
+    retriever = load_index(index_dir) if index_dir else None
+    return lambda batch: sample_trajectories(
+        with_passages(batch, retriever, config.top_n), reranker, roles.reranker.prompt_style, config,
+        generator_backend=generator,
+    )
+
+
+def sample_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """What a sample output holds: ``questions``, ``samples``, ``well_formed_share``, ``mean_k``
+    (of the usable samples) and ``distinct_lists`` (distinct id lists per question)."""
+    samples = [s for r in records for s in r["samples"]]
+    usable = [s for s in samples if s["error"] is None]
+    distinct = [len({tuple(s["ids"]) for s in r["samples"]}) for r in records]
+    return {
+        "questions": len(records),
+        "samples": len(samples),
+        "well_formed_share": sum(bool(s["well_formed"]) for s in samples) / max(len(samples), 1),
+        "mean_k": sum(len(s["ids"]) for s in usable) / max(len(usable), 1),
+        "distinct_lists": sum(distinct) / max(len(distinct), 1),
+    }
