@@ -103,7 +103,11 @@ class RecipeConfig:
         default=False,
         metadata={"help": "Sample the id lists under the id grammar (every list well-formed; the original: free)."},
     )
-    answer_tokens: int = field(default=48, metadata={"help": "Cap on every generated answer (sample and eval)."})
+    answer_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Cap on every generated answer (sample and eval); null: each task's default decoding "
+                  "(dynamicrag.generate.TASK_GENERATION), the same as infer and benchmark."},
+    )
     reward: dict[str, Any] = field(default_factory=dict, metadata={"help": "RewardConfig fields (weights, ...)."})
     dpo_steps: int = field(default=15, metadata={"help": "DPO optimizer steps; 0: no DPO (the SFT adapter ships)."})
     dpo: dict[str, Any] = field(default_factory=dict, metadata={"help": "Other DPORunConfig fields (beta, lr, ...)."})
@@ -120,6 +124,8 @@ class RecipeConfig:
 
         for name in ("top_n", "label_nq", "max_k", "sample_n", "answer_tokens", "sft_steps"):
             value = getattr(self, name)
+            if name == "answer_tokens" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: must be a positive integer, got {value!r}")
         for name in ("label_hotpot", "dpo_pool", "dpo_steps", "eval_nq", "eval_hotpot"):

@@ -64,8 +64,9 @@ class SampleConfig:
     rerank_max_new_tokens: int = field(
         default=100, metadata={"help": "Cap on the id list's length in tokens (original: 100)."}
     )
-    answer_max_new_tokens: int = field(
-        default=200, metadata={"help": "Cap on each greedy answer's length in tokens (original: 200)."}
+    answer_max_new_tokens: int | None = field(
+        default=200,
+        metadata={"help": "Cap on each greedy answer's length in tokens (original: 200); None: the task's default."},
     )
     top_n: int = field(
         default=40,
@@ -91,6 +92,8 @@ class SampleConfig:
             "top_n": self.top_n,
         }
         for name, value in positive.items():
+            if name == "answer_max_new_tokens" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: must be a positive integer, got {value!r}")
         if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or self.temperature < 0:
