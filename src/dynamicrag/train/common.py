@@ -103,7 +103,7 @@ class RunConfig:
     )
     save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most this many checkpoints; null = all."})
     bf16: bool = field(
-        default=False, metadata={"help": "bf16 mixed precision (paper: true, on GPUs); keep false on CPU."}
+        default=False, metadata={"help": "bf16 mixed precision (paper: true, on GPUs); on a CPU, faster only where it has bf16 units (AVX-512 BF16, AMX)."}
     )
     gradient_checkpointing: bool = field(
         default=False,

@@ -241,7 +241,10 @@ def build_dpo_trainer(config: DPORunConfig) -> Any:
         bf16=config.bf16,  # DPOConfig would default to bf16 on, which CPUs run slowly
         gradient_checkpointing=config.gradient_checkpointing,  # DPOConfig would default to on
         report_to="none",  # no tracker unless asked for through dpo_args
-        **{"dataloader_pin_memory": torch.cuda.is_available(), **config.dpo_args},  # pinning needs a GPU
+        # bf16 autocast on a CPU (faster where it has bf16 units) needs use_cpu: without it
+        # transformers refuses bf16 when there is no GPU.
+        **{"dataloader_pin_memory": torch.cuda.is_available(),  # pinning needs a GPU
+           "use_cpu": config.bf16 and not torch.cuda.is_available(), **config.dpo_args},
     )
     model, tokenizer = load_trainable(config.model)
     peft_config = lora_config(config)

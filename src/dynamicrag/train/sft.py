@@ -162,7 +162,10 @@ def build_sft_trainer(config: SFTRunConfig) -> Any:
         gradient_checkpointing=config.gradient_checkpointing,
         completion_only_loss=True,  # the prompt (system + user) is context, not a target
         report_to="none",  # no tracker unless asked for through sft_args
-        **{"dataloader_pin_memory": torch.cuda.is_available(), **config.sft_args},  # pinning needs a GPU
+        # bf16 autocast on a CPU (faster where it has bf16 units) needs use_cpu: without it
+        # transformers refuses bf16 when there is no GPU.
+        **{"dataloader_pin_memory": torch.cuda.is_available(),  # pinning needs a GPU
+           "use_cpu": config.bf16 and not torch.cuda.is_available(), **config.sft_args},
     )
     model, tokenizer = load_trainable(config.model)
     logger.info("SFT on %d rows (roles %s) of %s from %s (%s)", len(records), config.roles, config.train_file,
