@@ -375,7 +375,7 @@ def label_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         ``none_relevant`` (examples without a relevant passage), ``mean_relevant``,
         ``teacher_alone`` (examples labelled by the teacher alone), ``failed`` (the teacher
         raised), and ``utility`` (None, or for the utility teacher: ``questions``,
-        ``none_share``, ``mean_k``, ``sequences``, ``forward_passes``, ``tokens`` per question).
+        ``none_share``, ``mean_k``, ``sequences``, ``forward_passes``, ``tokens_run`` per question).
     """
     labelled = [r for r in records if LABEL_ERROR not in r.get("extra", {})]
     passages = [p["extra"] for r in labelled for p in r["passages"]]
@@ -399,7 +399,7 @@ def label_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         out["utility"] = {
             "questions": len(costs), "none_share": sum(not e for e in experts) / len(experts),
             "mean_k": sum(map(len, experts)) / len(experts), "sequences": mean("sequences"),
-            "forward_passes": mean("forward_passes"), "tokens": mean("tokens"),
+            "forward_passes": mean("forward_passes"), "tokens_run": mean("tokens"),
         }
     return out
 
