@@ -37,11 +37,16 @@ def test_readme_python_example_runs_as_a_doctest():
 @pytest.mark.slow
 def test_run_answers_a_batch_with_the_ask_defaults():
     from dynamicrag import DynamicRAG, Example, Passage
+    from dynamicrag.llm.adapters import read_manifest
 
     passages = [Passage(id="a", title="Hamlet", text="Hamlet is a tragedy written by William Shakespeare."),
                 Passage(id="b", title="Faust", text="Faust is a tragic play by Johann Wolfgang von Goethe.")]
     rag = DynamicRAG.from_documents(passages)
-    assert rag.config.constrained is True and rag.config.top_n == 10  # ask's defaults without an adapter
+    # ask's defaults: the shipped reranker adapter, with its manifest's prompt settings
+    shipped = read_manifest(rag.config.reranker.adapter)
+    assert shipped.role == "reranker" and rag.config.generator.adapter == "none"
+    assert (rag.config.constrained, rag.config.top_n, rag.config.passage_words) == (
+        shipped.constrained, shipped.top_n, shipped.passage_words)
     own = Example(id="own", question="Who wrote Faust?", passages=[passages[1]])
     answers = rag.run(["Who wrote Hamlet?", own])
     assert [a.question for a in answers] == ["Who wrote Hamlet?", "Who wrote Faust?"]

@@ -155,3 +155,28 @@ def test_one_base_serves_both_roles_with_the_shipped_adapter_on_for_the_reranker
     assert len(record["passages"]) == 5 and record["well_formed"]  # top_n 5, constrained
     untrained = build_pipeline(PipelineConfig(reranker={"adapter": "none", **fp32}, generator=fp32))
     assert untrained.reranker.backend is smollm and untrained.reranker.passage_words is None
+
+
+def test_the_package_ships_the_recipes_reranker_adapter_and_every_command_uses_it():
+    from dynamicrag.llm.models import DEFAULT_MODEL
+    from dynamicrag.train.recipe import HELD_APART
+
+    folder = adapters.shipped_adapters()["smollm2-135m-reranker"]
+    manifest = adapters.read_manifest(folder)
+    # What it is and how it must run: the manifest's settings are those it was trained with.
+    assert (manifest.base_model, manifest.role, manifest.prompt_style) == (DEFAULT_MODEL, "reranker", "default")
+    assert (manifest.passage_words, manifest.top_n, manifest.constrained) == (60, 10, False)
+    # How it was made, and that its training questions stay clear of the held-apart ones.
+    assert "dynamicrag train recipe --config" in manifest.training["command"]
+    for data, (start, stop) in manifest.training["slices"].items():
+        held = HELD_APART[data]
+        assert stop <= start or stop <= held[0] or start >= held[1], data
+    # Its evaluation on the held-apart questions, free decoding.
+    nq = manifest.evaluation["nq"]
+    assert nq["dynamic"]["n"] == 200 and nq["dynamic"]["well_formed"] >= 0.99 and "top-1" in nq
+    # A few MB of LoRA weights inside the package.
+    assert (folder / "adapter_model.safetensors").stat().st_size < 12e6
+    # The one builder (ask, chat, serve, infer, benchmark, DynamicRAG) picks it by default.
+    config = resolve_config(PipelineConfig(), top_n=10, constrained=True)
+    assert config.reranker.adapter == str(folder.resolve()) and config.generator.adapter == NONE
+    assert role_settings(config)["reranker"]["adapter_manifest"] == "smollm2-135m-reranker"

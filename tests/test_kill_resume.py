@@ -3,10 +3,10 @@ CLI in a subprocess, SIGKILLed once some records are on disk, run again with the
 the output must equal that of an uninterrupted run (same ids, same order, no duplicates, same
 content; no record carries a timing field, so whole records are compared).
 
-The LLM stages use the bundled SmolLM2 on three shared-data questions with short
-passages and 8-token caps; free decoding makes it write prose instead of ids for some
-questions, so those runs also check that an unusable output is written with its error and
-the stage goes on. The fast stages (label, reward) get 40-60 records so the kill lands mid-run.
+The LLM stages use the bundled SmolLM2 as an untrained reranker (``--reranker-adapter none``)
+on three shared-data questions with short passages and 8-token caps; free decoding makes it
+write prose instead of ids for some questions, so those runs also check that an unusable
+output is written with its error and the stage goes on. The fast stages (label, reward) get 40-60 records so the kill lands mid-run.
 
 Find them with ``pytest tests/test_kill_resume.py`` (one test per stage, ``-k infer`` etc.).
 """
@@ -86,7 +86,8 @@ class Stage:
     kill_after: int  # complete records on disk when the run is killed
 
 
-LLM = ["--top-n", "3", "--batch-size", "1", "--reranker-max-tokens", "8", "--max-new-tokens", "8"]
+# The untrained base model as reranker (not the shipped adapter, which writes ids for all three).
+LLM = ["--top-n", "3", "--batch-size", "1", "--reranker-max-tokens", "8", "--max-new-tokens", "8", "--reranker-adapter", "none"]
 STAGES = {
     # The second question has no passages: answered without a reranker call, between the
     # others' unusable outputs (free decoding), so the run shows errors and answers side by side.
