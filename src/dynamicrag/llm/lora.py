@@ -27,6 +27,7 @@ import json
 import logging
 import re
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -100,11 +101,15 @@ def attach_adapter(lm: Any, folder: str | Path) -> str:
         name = _adapter_name(path, set(names.values()))
         logger.info("Attaching LoRA adapter %s as %r", path, name)
         try:
-            if key not in _PEFT:
-                # Injects the LoRA layers into lm's own modules: lm now runs the adapter when on.
-                _PEFT[key] = PeftModel.from_pretrained(lm, str(path), adapter_name=name, is_trainable=False)
-            else:
-                _PEFT[key].load_adapter(str(path), adapter_name=name, is_trainable=False)
+            # peft asks transformers' deprecated `is_gradient_checkpointing` (a FutureWarning
+            # every `ask` would print); inference never checkpoints.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                if key not in _PEFT:
+                    # Injects the LoRA layers into lm's own modules: lm now runs the adapter when on.
+                    _PEFT[key] = PeftModel.from_pretrained(lm, str(path), adapter_name=name, is_trainable=False)
+                else:
+                    _PEFT[key].load_adapter(str(path), adapter_name=name, is_trainable=False)
         except (RuntimeError, ValueError, KeyError, OSError) as err:
             raise ValueError(f"{path}: cannot load this LoRA adapter onto the base model: {err}") from err
         _PEFT[key].base_model.disable_adapter_layers()  # resting state: the base model
