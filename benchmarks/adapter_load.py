@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -43,11 +42,11 @@ def main() -> None:
     runs: dict[str, list[float]] = {name: [] for name in VARIANTS}
     shipped = None
     # Warm-up: the first build may convert the bundled model into the cache; not timed.
-    subprocess.run([sys.executable, "-c", CHILD.format(adapter="none")], check=True, capture_output=True, env=os.environ)
+    subprocess.run([sys.executable, "-c", CHILD.format(adapter="none")], check=True, capture_output=True)
     for repeat in range(args.repeats):
         for name, adapter in VARIANTS.items():  # alternating, so drift hits both alike
             out = subprocess.run([sys.executable, "-c", CHILD.format(adapter=adapter)], check=True,
-                                 capture_output=True, text=True, env=os.environ).stdout
+                                 capture_output=True, text=True).stdout
             result = json.loads(out.strip().splitlines()[-1])
             runs[name].append(result["seconds"])
             shipped = shipped or result["adapter"]

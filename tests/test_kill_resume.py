@@ -6,7 +6,8 @@ content; no record carries a timing field, so whole records are compared).
 The LLM stages use the bundled SmolLM2 as an untrained reranker (``--reranker-adapter none``)
 on three shared-data questions with short passages and 8-token caps; free decoding makes it
 write prose instead of ids for some questions, so those runs also check that an unusable
-output is written with its error and the stage goes on. The fast stages (label, reward) get 40-60 records so the kill lands mid-run.
+output is written with its error and the stage goes on. The fast stages (label, reward) get
+40-60 records so the kill lands mid-run.
 
 Find them with ``pytest tests/test_kill_resume.py`` (one test per stage, ``-k infer`` etc.).
 """
