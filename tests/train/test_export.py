@@ -99,3 +99,13 @@ def test_prepare_writes_everything_deterministically(tmp_path):
     other = prepare(EXAMPLES, tmp_path / "c", max_k=2, sft_fraction=0.75, seed=8)
     assert other["sft_examples"] == 9
     assert (tmp_path / "c" / "dpo_pool.jsonl").read_bytes() != (tmp_path / "a" / "dpo_pool.jsonl").read_bytes()
+
+
+def test_prepare_oversamples_targets_other_than_top1_and_reports_their_share(tmp_path):
+    plain = prepare(EXAMPLES, tmp_path / "a", max_k=2, sft_fraction=1.0, seed=7)
+    doubled = prepare(EXAMPLES, tmp_path / "b", max_k=2, sft_fraction=1.0, seed=7, oversample_not_top1=2)
+    # Example i's relevant passages are its first i % 4, scores rising: targets [1] for i % 4 == 1 only.
+    assert plain["reranker_records"] == 12 and plain["reranker_not_top1_share"] == pytest.approx(9 / 12)
+    assert doubled["reranker_records"] == 21 and doubled["reranker_not_top1_share"] == pytest.approx(18 / 21)
+    assert doubled["generator_records"] == plain["generator_records"] == 12
+    assert doubled["k_distribution"] == plain["k_distribution"]  # per example, before the copies

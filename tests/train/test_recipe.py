@@ -46,6 +46,17 @@ def test_a_run_folder_refuses_another_config(tmp_path):
     Recipe(RecipeConfig(label_nq=200), tmp_path)  # the same config resumes
     with pytest.raises(ValueError, match=r"fields \['label_nq'\] differ"):
         Recipe(RecipeConfig(label_nq=300), tmp_path)
+    Recipe(RecipeConfig(label_nq=200, data=str(tmp_path / "data")), tmp_path)  # where the data lives is no setting
+
+
+def test_a_run_stored_before_a_field_existed_resumes_while_the_field_keeps_its_default(tmp_path):
+    Recipe(RecipeConfig(), tmp_path)
+    stored = json.loads((tmp_path / "recipe_config.json").read_text())
+    del stored["oversample_not_top1"]  # a run stored by a version without the field
+    (tmp_path / "recipe_config.json").write_text(json.dumps(stored))
+    Recipe(RecipeConfig(), tmp_path)
+    with pytest.raises(ValueError, match=r"fields \['oversample_not_top1'\] differ"):
+        Recipe(RecipeConfig(oversample_not_top1=2), tmp_path)
 
 
 TINY = {

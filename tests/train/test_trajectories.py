@@ -105,3 +105,15 @@ def test_fever_generator_gets_the_fever_task_line():
     _, generator = build_sft_records([ex], style)
     assert style.task_line("fever") in generator["messages"][1]["content"]
     assert generator["messages"][2]["content"] == "SUPPORTS"
+
+
+def test_oversampling_repeats_every_target_but_top1_and_leaves_generator_records_alone():
+    top1 = labelled("a", [(0.9, True), (0.1, False)])
+    second = labelled("b", [(0.1, False), (0.9, True)])
+    none = labelled("c", [(0.1, False), (0.2, False)])
+    records = build_sft_records([top1, second, none], "default", oversample_not_top1=3)
+    targets = [(r["id"], r["messages"][-1]["content"]) for r in records if r["role"] == "reranker"]
+    assert targets == [("a", "[1]")] + [("b", "[2]")] * 3 + [("c", "None")] * 3
+    assert [r["id"] for r in records if r["role"] == "generator"] == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="oversample_not_top1"):
+        build_sft_records([top1], "default", oversample_not_top1=0)

@@ -26,7 +26,7 @@ from typing import Any
 
 from dynamicrag.data import atomic_write_json, atomic_write_text
 from dynamicrag.data.files import read_json
-from dynamicrag.prompts import PromptStyle, load_style
+from dynamicrag.prompts import PromptStyle, load_style, reranker_target
 from dynamicrag.schema import Example
 from dynamicrag.train.trajectories import build_sft_records, reranker_target_ids, split_pools
 
@@ -114,6 +114,10 @@ class PrepareConfig:
         metadata={"help": "Words shown of each passage in the reranker prompt (default: all); use the same cap in "
                   "sample and at inference"},
     )
+    oversample_not_top1: int = field(
+        default=1, metadata={"help": "Copies of each reranker target other than [1] (1: as labelled; counters the "
+                             "retriever's top-1 prior in the labels)"},
+    )
 
     def __post_init__(self) -> None:
         if self.max_k < 1 or self.max_generator_passages < 1:
@@ -122,6 +126,8 @@ class PrepareConfig:
             raise ValueError(f"sft_fraction must be in [0, 1], got {self.sft_fraction}")
         if self.passage_words is not None and self.passage_words < 1:
             raise ValueError(f"passage_words must be >= 1 (or unset: all), got {self.passage_words}")
+        if self.oversample_not_top1 < 1:
+            raise ValueError(f"oversample_not_top1 must be >= 1, got {self.oversample_not_top1}")
 
     def kwargs(self) -> dict[str, Any]:
         """The keyword arguments of :func:`prepare`."""
@@ -140,6 +146,7 @@ def prepare(
     sft_fraction: float = 0.7,
     seed: int = 0,
     passage_words: int | None = None,
+    oversample_not_top1: int = 1,
 ) -> dict[str, Any]:
     """Split labelled examples into the SFT and DPO pools and write the SFT data.
 
@@ -158,25 +165,32 @@ def prepare(
         seed: Split seed.
         passage_words: Words shown of each passage in the reranker prompts (None: all); use
             the same cap in ``sample`` and at inference.
+        oversample_not_top1: Copies of each reranker record whose target is not ``[1]``.
 
     Returns:
         The statistics written to ``prepare_stats.json``: example and record counts, None
-        targets, and the distribution of target sizes k.
+        targets, the distribution of target sizes k (per example, before oversampling) and
+        the share of reranker records whose target is not ``[1]`` (after it).
     """
     out_dir = Path(out_dir)
     style = load_style(style) if isinstance(style, str) else style
     sft, dpo = split_pools(labelled_examples, sft_fraction, seed)
-    records = build_sft_records(sft, style, max_k, max_generator_passages, passage_words)
+    records = build_sft_records(sft, style, max_k, max_generator_passages, passage_words, oversample_not_top1)
     write_trl_jsonl(records, out_dir / "sft.jsonl")
     atomic_write_text(out_dir / "dpo_pool.jsonl", jsonl_text([ex.model_dump(mode="json") for ex in dpo]))
     write_llamafactory(records, out_dir / "llamafactory", LLAMAFACTORY_NAME)
 
     ks = Counter(len(reranker_target_ids(ex, max_k)) for ex in sft)
+    reranker_records = [r for r in records if r["role"] == "reranker"]
+    top1_target = reranker_target(style, [1])
     stats = {
         "examples": len(labelled_examples),
         "sft_examples": len(sft),
         "dpo_examples": len(dpo),
-        "reranker_records": sum(r["role"] == "reranker" for r in records),
+        "reranker_records": len(reranker_records),
+        "reranker_not_top1_share": (sum(r["messages"][-1]["content"] != top1_target for r in reranker_records)
+                                    / len(reranker_records) if reranker_records else 0.0),
+        "oversample_not_top1": oversample_not_top1,
         "generator_records": sum(r["role"] == "generator" for r in records),
         "none_targets": ks.get(0, 0),
         "k_distribution": {str(k): ks[k] for k in sorted(ks)},

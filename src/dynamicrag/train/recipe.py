@@ -90,6 +90,9 @@ class RecipeConfig:
         default_factory=dict, metadata={"help": "Other LabelConfig fields (rule, threshold, top_m, tie_margin, ...)."}
     )
     max_k: int = field(default=5, metadata={"help": "Most ids in a reranker target (prepare --max-k)."})
+    oversample_not_top1: int = field(
+        default=1, metadata={"help": "Copies of each SFT reranker target other than [1] (prepare --oversample-not-top1)."}
+    )
     dpo_pool: int = field(default=100, metadata={"help": "Labelled questions kept for sampling and DPO (the rest: SFT)."})
     roles: list[str] = field(
         default_factory=lambda: ["reranker"],
@@ -122,7 +125,7 @@ class RecipeConfig:
     def __post_init__(self) -> None:
         from dynamicrag.train.common import TRAINED_ROLES
 
-        for name in ("top_n", "label_nq", "max_k", "sample_n", "answer_tokens", "sft_steps"):
+        for name in ("top_n", "label_nq", "max_k", "oversample_not_top1", "sample_n", "answer_tokens", "sft_steps"):
             value = getattr(self, name)
             if name == "answer_tokens" and value is None:
                 continue
@@ -189,6 +192,12 @@ class RecipeConfig:
             train_file=str(out / "pairs" / "dpo.jsonl"), output_dir=str(out / "dpo"), model=self.model,
             adapter=adapter, max_steps=max(self.dpo_steps, 1), roles=list(self.roles), save="both", **self.dpo,
         )
+
+
+def _field_defaults() -> dict[str, Any]:
+    """Each RecipeConfig field's default value."""
+    return {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            for f in dataclasses.fields(RecipeConfig)}
 
 
 def check_slices(config: RecipeConfig) -> None:
@@ -289,8 +298,11 @@ class Recipe:
         mine = dataclasses.asdict(self.config)
         if path.exists():
             stored = json.loads(path.read_text("utf-8"))
-            # Where the data lives is not a setting of the run (a relative or absolute path).
-            changed = sorted(k for k in set(stored) | set(mine) - {"data"} if stored.get(k) != mine.get(k))
+            # Where the data lives is not a setting of the run (a relative or absolute path); a
+            # field added since the run was stored counts as unchanged while it keeps its default.
+            defaults = _field_defaults()
+            changed = sorted(k for k in (set(stored) | set(mine)) - {"data"}
+                             if stored.get(k, defaults.get(k)) != mine.get(k))
             if changed:
                 raise ValueError(
                     f"{self.out} holds a recipe run with another config (fields {changed} differ); "
@@ -389,7 +401,8 @@ class Recipe:
                         for ex in read_labelled(self.label_path(d))]
             n = len(examples)
             prepare(examples, self.out / "prepare", style=c.prompt_style, max_k=c.max_k,
-                    sft_fraction=(n - c.dpo_pool) / n, seed=c.seed, passage_words=c.passage_words)
+                    sft_fraction=(n - c.dpo_pool) / n, seed=c.seed, passage_words=c.passage_words,
+                    oversample_not_top1=c.oversample_not_top1)
 
         self.log.run("prepare", stats.exists, work)
 

@@ -130,6 +130,7 @@ def build_sft_records(
     max_k: int = 5,
     max_generator_passages: int = 15,
     passage_words: int | None = None,
+    oversample_not_top1: int = 1,
 ) -> list[dict[str, Any]]:
     """TRL conversational SFT records: one reranker record and one generator record per example.
 
@@ -140,20 +141,25 @@ def build_sft_records(
         max_generator_passages: Most passages in a generator prompt.
         passage_words: Words shown of each passage in the reranker prompt (None: all); the
             same cap must be used when sampling and at inference.
+        oversample_not_top1: Copies of each reranker record whose target is anything but
+            ``[1]`` (1: as labelled). Retriever-ordered labels are mostly ``[1]``, a prior a
+            small model learns before it learns to judge passages.
 
     Returns:
         ``{"messages": [system, user, assistant], "role": "reranker" | "generator", "id": ...}``
-        per record, example by example (reranker first). Examples without a gold answer get
-        no generator record.
+        per record, example by example (reranker first, its copies next to it; the trainer
+        shuffles). Examples without a gold answer get no generator record.
     """
+    if oversample_not_top1 < 1:
+        raise ValueError(f"oversample_not_top1 must be >= 1, got {oversample_not_top1}")
     style = load_style(style) if isinstance(style, str) else style
     records: list[dict[str, Any]] = []
     for ex in examples:
-        target = reranker_target(style, reranker_target_ids(ex, max_k))
+        ids = reranker_target_ids(ex, max_k)
         chat = reranker_chat(style, ex.question, ex.passages, passage_words)
-        records.append(
-            {"messages": [*chat, {"role": "assistant", "content": target}], "role": "reranker", "id": ex.id}
-        )
+        record = {"messages": [*chat, {"role": "assistant", "content": reranker_target(style, ids)}],
+                  "role": "reranker", "id": ex.id}
+        records.extend([record] * (1 if ids == [1] else oversample_not_top1))
         passages, answer = generator_passages(ex, max_generator_passages)
         if answer is None:
             continue
