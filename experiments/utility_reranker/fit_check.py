@@ -8,8 +8,8 @@ decoding, with the adapter on:
     python experiments/utility_reranker/fit_check.py runs/recipe/prepare/sft.jsonl \
         --adapter src/dynamicrag/adapters/smollm2-135m-reranker --json fit_b.json
 
-Prints, per target class (`[1]` or anything else), how many outputs equal the target and how
-many are `[1]`.
+Prints, per target class (`[1]` or anything else), how many outputs select the target's ids
+(read with the pipeline's own parser) and how many select `[1]`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from dynamicrag.data import read_jsonl
 from dynamicrag.llm import SamplingParams, load_backend
+from dynamicrag.rerank.parse import parse_selection
 
 
 def main() -> None:
@@ -29,6 +30,7 @@ def main() -> None:
     parser.add_argument("sft", help="The recipe's prepare/sft.jsonl")
     parser.add_argument("--adapter", required=True, help="LoRA adapter folder")
     parser.add_argument("--top1", type=int, default=20, help="`[1]` targets checked (all others always are)")
+    parser.add_argument("--top-n", type=int, default=10, help="Passages in each prompt (ids 1..top-n)")
     parser.add_argument("--json", help="Write the per-record outputs and the counts here")
     args = parser.parse_args()
 
@@ -45,12 +47,12 @@ def main() -> None:
     for r in tqdm(top1 + others, desc="greedy id lists"):
         target = r["messages"][-1]["content"]
         [[out]] = backend.generate([r["messages"][:2]], params)
-        text = out.text.strip().split("\n")[0].strip()  # the id list is the first line
+        chosen = parse_selection(out.text, args.top_n)
         kind = "[1]" if target == "[1]" else "other"
         counts[(kind, "n")] += 1
-        counts[(kind, "equal to target")] += text == target
-        counts[(kind, "wrote [1]")] += text == "[1]"
-        rows.append({"id": r["id"], "target": target, "output": text})
+        counts[(kind, "equal to target")] += chosen.error is None and chosen.ids == parse_selection(target, args.top_n).ids
+        counts[(kind, "wrote [1]")] += chosen.ids == [1]
+        rows.append({"id": r["id"], "target": target, "output": out.text, "ids": chosen.ids})
     print("| target | n | output = target | output = [1] |\n|---|---:|---:|---:|")
     for kind in ("[1]", "other"):
         print(f"| {kind} | {counts[(kind, 'n')]} | {counts[(kind, 'equal to target')]} | {counts[(kind, 'wrote [1]')]} |")
