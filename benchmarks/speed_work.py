@@ -20,6 +20,10 @@ call; the best of --repeats timed runs is kept. Groups (``--groups``, comma-sepa
 - ``prefill``: mixed-length prompts encoded as one left-padded batch vs one at a time
   (``prefill="rows"``, no compute spent on padding); padded tokens counted.
 - ``static``: decoding-heavy batches with a dynamic vs a static KV cache.
+- ``decode``: the decoding after the prompts are encoded on every thread, on every thread vs
+  on one (``decode_threads=1``; the default, "auto", does it for a single sequence under
+  PASSIVE): decoding-heavy batches at batch 1 and 8, the top-N reranker prompts with the id
+  grammar and the generator prompts at batch 8 (greedy outputs compared).
 - ``threads``: OpenMP's wait policy and the thread count, each in its own process (OpenMP
   reads ``OMP_WAIT_POLICY`` once, at start): unset (OpenMP's default, as before) vs ACTIVE vs
   PASSIVE with 2 threads, and 1 thread, on an idle machine and with one core kept busy by a
@@ -56,7 +60,7 @@ from _common import (
     write_result,
 )
 
-GROUPS = ("loading", "batching", "dtype", "prefix", "prefill", "static", "threads")
+GROUPS = ("loading", "batching", "dtype", "prefix", "prefill", "static", "threads", "decode")
 QUICK = {"questions": 4, "samples": 2, "max_new_tokens": 4, "corpus_limit": 500, "repeats": 1,
          "top_n": 3, "groups": ",".join(GROUPS)}
 # Wait policies compared; "" leaves OMP_WAIT_POLICY empty, which OpenMP (libgomp) treats as
@@ -377,6 +381,25 @@ def main() -> None:
             after = timed(lambda: run_generate(static, work, decode), args.repeats)
             rows.append(row("static KV cache", f"{len(work)} questions alone, batch {batch}, {decode.max_new_tokens} new tokens",
                             rates(before), rates(after), identical=same_texts(before, after)))
+
+    if "decode" in groups:
+        for batch in (1, b):
+            every, one = variant(batch_size=batch, decode_threads=None), variant(batch_size=batch, decode_threads=1)
+            work = short if batch > 1 else short[:4]
+            before = timed(lambda: run_generate(every, work, decode), args.repeats)
+            after = timed(lambda: run_generate(one, work, decode), args.repeats)
+            rows.append(row("decoding on 1 thread",
+                            f"{len(work)} questions alone, batch {batch}, {decode.max_new_tokens} new tokens",
+                            rates(before), rates(after), identical=same_texts(before, after)))
+        every, one = variant(decode_threads=None), variant(decode_threads=1)
+        for workload, (work, params) in (
+            (f"{len(rerank)} top-{args.top_n} reranker prompts, batch {b}, id grammar", (rerank, ids_only)),
+            (f"{len(chats)} generator prompts of 1-{args.top_n} passages, batch {b}", (chats, greedy)),
+        ):
+            before = timed(lambda: run_generate(every, work, params), args.repeats)
+            after = timed(lambda: run_generate(one, work, params), args.repeats)
+            rows.append(row("decoding on 1 thread", workload, rates(before), rates(after),
+                            identical=same_texts(before, after)))
 
     thread_runs = []
     if "threads" in groups:

@@ -16,7 +16,10 @@ from dynamicrag.llm.transformers_backend import choose_dtype
 @pytest.fixture
 def clean_env(monkeypatch):
     for key in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", runtime.THREADS_ENV):
-        monkeypatch.delenv(key, raising=False)
+        # setenv first: delenv records nothing for an absent key, and what the code under test
+        # then writes into os.environ would outlive the test.
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
     return monkeypatch
 
 
@@ -51,6 +54,21 @@ def test_apply_threads_sets_torchs_thread_count(clean_env):
         assert runtime.apply_threads(2) == 2 == torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
+
+
+def test_decoding_uses_one_thread_only_under_passive_and_torch_threads_restores(clean_env):
+    assert runtime.auto_decode_threads() is None  # OpenMP's own policy: leave the count
+    clean_env.setenv("OMP_WAIT_POLICY", "passive")
+    assert runtime.auto_decode_threads() == 1
+    clean_env.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert runtime.auto_decode_threads() is None
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError), runtime.torch_threads(1):
+        assert torch.get_num_threads() == 1
+        raise RuntimeError("a failed generate still gives the threads back")
+    assert torch.get_num_threads() == before
+    with runtime.torch_threads(None):
+        assert torch.get_num_threads() == before
 
 
 def test_the_cli_sets_the_wait_policy_before_torch_loads(clean_env, tmp_path):

@@ -19,8 +19,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 THREADS_ENV = "DYNAMICRAG_THREADS"
@@ -94,6 +96,38 @@ def apply_threads(threads: int | None = None) -> int:
     if threads is not None and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return torch.get_num_threads()
+
+
+def auto_decode_threads() -> int | None:
+    """Threads for token-by-token decoding on CPU: 1 under ``OMP_WAIT_POLICY=PASSIVE``, else None
+    (keep the process's count).
+
+    A decoding step of a small model is hundreds of tiny matrix-vector products; under PASSIVE
+    each OpenMP region wakes its sleeping threads, and one thread decodes a single sequence
+    faster than two (bf16 SmolLM2-135M on 2 cores: 1.17x; ``benchmarks/speed_work.py``, group
+    ``decode``). The prompt's prefill, a few large products per layer, still runs on every
+    thread; the backend applies this to one sequence after a short prompt only.
+    """
+    return 1 if os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE" else None
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` torch intra-op threads (None: unchanged), then restore.
+
+    ``torch.set_num_threads`` is process-wide and cheap to switch (under a microsecond here).
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    if threads is None or threads == before:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def thread_settings() -> dict[str, object]:

@@ -211,6 +211,52 @@ def test_static_kv_cache_gives_the_same_greedy_outputs(smollm, nq_chats):
         [c[0].text for c in smollm.generate(generate[:4], params)]
 
 
+def test_one_sequence_decodes_on_one_thread_under_passive_then_threads_are_restored(smollm, nq_chats, monkeypatch):
+    """After the prompt is encoded on every thread, decoding one sequence runs on one thread
+    under PASSIVE (a batch, or another policy, keeps them all), gives the same greedy tokens,
+    and the process's thread count is back afterwards."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    _, generate = nq_chats
+    seen: list[int] = []
+
+    class Threads(StoppingCriteria):  # called once per decoded token
+        def __call__(self, input_ids, scores, **kwargs):
+            seen.append(torch.get_num_threads())
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+        backend = TransformersBackend(dtype="float32")
+        assert backend.describe()["decode_threads"] == "auto"
+        params = SamplingParams(max_new_tokens=12)
+        prompts = [backend.encode(c) for c in generate[:2]]
+
+        def threads_seen(rows: list[list[int]]) -> set[int]:
+            seen.clear()
+            with torch.inference_mode():
+                backend._generate_batch(rows, params, stopping_criteria=StoppingCriteriaList([Threads()]))
+            return set(seen)
+
+        assert threads_seen(prompts[:1]) == {1} and torch.get_num_threads() == 2
+        assert threads_seen(prompts) == {2}  # a batch decodes on every thread
+        long = backend.encode([{"role": "user", "content": " ".join(["Paris is the capital of France."] * 100)}])
+        assert len(long) > 512 and threads_seen([long]) == {2}  # attention over a long cache needs them too
+        monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # spinning threads: keep them all
+        assert threads_seen(prompts[:1]) == {2}
+        every = TransformersBackend(dtype="float32", decode_threads="none")  # as --backend-option gives it
+        assert every.decode_threads is None
+        monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+        assert [backend.generate([c], params)[0][0].text for c in generate[:3]] == \
+            [every.generate([c], params)[0][0].text for c in generate[:3]]
+        with pytest.raises(ValueError, match="decode_threads must be"):
+            TransformersBackend(dtype="float32", decode_threads=0)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_a_prefix_cached_without_the_adapter_is_not_reused_with_it(smollm, nq_chats, tiny_adapter, tmp_path):
     """The roles design: one loaded base, a generator view without adapter and a reranker view
     with a LoRA adapter switched on per call, sharing the model's prefix cache. The prefix KV

@@ -27,7 +27,7 @@ from dynamicrag.llm.base import Chat, Completion, SamplingParams, cut_at_stop
 from dynamicrag.llm.constrain import is_complete, is_valid_prefix
 from dynamicrag.llm.lora import adapter_active, attach_adapter
 from dynamicrag.llm.models import resolve_model
-from dynamicrag.runtime import apply_threads, cpu_bf16_flag, thread_settings
+from dynamicrag.runtime import apply_threads, auto_decode_threads, cpu_bf16_flag, thread_settings, torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,10 @@ _GENERATE_LOCKS: dict[int, threading.Lock] = {}
 # (the reranker's view with its adapter, the generator's without) and used under its generate
 # lock; entries are keyed by the adapter state that computed them (_prefix_cache_key).
 _PREFIX_CACHES: dict[int, _PrefixCache] = {}
+
+# decode_threads="auto" decodes one sequence on one thread only up to this many prompt tokens;
+# longer contexts spend their steps in attention over the cache, which uses every core.
+_ONE_THREAD_MAX_CONTEXT = 512
 
 # Every character the id grammar can produce: "None", "[12], [3]".
 _GRAMMAR_CHARS = frozenset("[]0123456789, None")
@@ -341,6 +345,15 @@ class TransformersBackend:
             prompt of a few hundred tokens already fills the cores), batch on GPU.
         kv_cache: ``"dynamic"`` (grows by concatenation) or ``"static"`` (preallocated for
             prompt + ``max_new_tokens``; fewer allocations per decoded token).
+        decode_threads: torch threads while decoding token by token, after the prompts are
+            encoded here (row prefill or a cached prefix): ``"auto"`` is 1 on CPU under
+            ``OMP_WAIT_POLICY=PASSIVE`` when one sequence of at most 512 prompt tokens is
+            decoded (the generator in ``ask``, ``chat``, a streamed answer: waking the other
+            threads for each small product costs more than they add; see
+            :func:`~dynamicrag.runtime.auto_decode_threads`), and unchanged for a batch, a
+            longer prompt or under another policy; an int sets it for every decoding; None (or
+            ``"none"``) keeps the process's count. The switch is process-wide for the length
+            of the decoding, under the generate lock.
 
     Attributes:
         adapter_name: The peft name of the adapter this backend runs (``None``: the base
@@ -369,6 +382,7 @@ class TransformersBackend:
         prefix_cache: bool = True,
         prefill: str = "auto",
         kv_cache: str = "dynamic",
+        decode_threads: int | str | None = "auto",
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -398,6 +412,11 @@ class TransformersBackend:
         self.prefix_cache = prefix_cache
         self.prefill = ("batch" if device.startswith("cuda") else "rows") if prefill == "auto" else prefill
         self.kv_cache = kv_cache
+        if isinstance(decode_threads, str) and decode_threads.lower() == "none":  # --backend-option decode_threads=none
+            decode_threads = None
+        if decode_threads not in ("auto", None) and (not isinstance(decode_threads, int) or decode_threads < 1):
+            raise ValueError(f"decode_threads must be 'auto', None or an int >= 1, got {decode_threads!r}")
+        self.decode_threads = decode_threads
         with _MODELS_LOCK:  # one cache per loaded model, shared by its views (see _prefix_cache_key)
             self._prefixes = _PREFIX_CACHES.setdefault(id(self.lm), _PrefixCache())
         self._joinable = _joinable(self.lm.config)
@@ -423,6 +442,7 @@ class TransformersBackend:
             "prefix_cache": self.prefix_cache,
             "prefill": self.prefill,
             "kv_cache": self.kv_cache,
+            "decode_threads": self.decode_threads,
             "share_prefill": self.share_prefill,
             "adapter": self.adapter,
             "adapter_name": self.adapter_name,
@@ -491,7 +511,8 @@ class TransformersBackend:
             allowed = self._constraint.prefix_fn(prompt_len, params.id_list_max, self.pad_id)
             kwargs["prefix_allowed_tokens_fn"] = allowed
         kwargs.update(self._decoding_controls(params, prompt_len))
-        out = self.lm.generate(**batch, **kwargs, **extra)  # (batch * n_gen, prompt_len + new)
+        with torch_threads(self._threads_for_decoding(*batch["input_ids"].shape, cache_kwargs)):
+            out = self.lm.generate(**batch, **kwargs, **extra)  # (batch * n_gen, prompt_len + new)
         n_gen = 1 if greedy else params.n
         completions = []
         for row in range(len(prompts)):
@@ -500,6 +521,19 @@ class TransformersBackend:
             # Greedy decoding gives one answer: n independent copies of it.
             completions.append([dataclasses.replace(texts[0]) for _ in range(params.n)] if greedy else texts)
         return completions
+
+    def _threads_for_decoding(self, rows: int, context: int, cache_kwargs: dict) -> int | None:
+        """Torch threads for ``generate`` (None: unchanged). Only when the prompts are already in
+        the cache, so generate only decodes. "auto" only for one row of at most
+        ``_ONE_THREAD_MAX_CONTEXT`` tokens: at batch 8 one thread decodes no faster
+        (benchmarks/speed_work.py, group ``decode``), and after a 1,500-token prompt attention
+        over the cache needs both cores (fp32: 121 against 72 ms a step; weight_formats.py)."""
+        if cache_kwargs.get(_cache_kwarg(self.lm)) is None:
+            return None
+        if self.decode_threads == "auto":
+            single = self.device == "cpu" and rows == 1 and context <= _ONE_THREAD_MAX_CONTEXT
+            return auto_decode_threads() if single else None
+        return self.decode_threads
 
     def _decoding_controls(self, params: SamplingParams, prompt_len: int) -> dict[str, Any]:
         """``generate`` kwargs for the loop controls and the label constraint, which count the

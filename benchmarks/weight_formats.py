@@ -1,0 +1,123 @@
+"""Weight formats on the bundled SmolLM2: next-token agreement with fp32, prefill and decoding speed.
+
+    python benchmarks/weight_formats.py            # 8 NQ reranker prompts (top-10), every format
+    python benchmarks/weight_formats.py --quick    # 2 prompts, top-3
+
+A cheap screen before ``dtype_quality.py`` runs a format end to end: each format reads the
+same real prompts (the default reranker prompt over BM25 top --top-n passages of the shared NQ
+questions) in one forward pass, and the share of positions whose most likely next token equals
+fp32's is reported (the whole prompt, not only the answer: every position is a prediction the
+model makes). Then, on the first prompt, the prefill time of the whole prompt and the time of
+one decoding step after it (median of --steps steps), on every thread and on one.
+
+Formats: ``fp32``; ``bf16``; ``int8`` (torch.ao dynamic quantisation of every linear layer:
+int8 weights with a scale per tensor, activations quantised per call, fbgemm kernels; lm_head
+untied from the embedding first); ``int8-keep-down`` and ``int8-keep-mlp`` (the same with the
+MLP's ``down_proj``, or every MLP layer, left in fp32: where a small model's activation
+outliers live).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+import warnings
+
+from _common import MODEL_NAME, add_common_args, fmt, log, markdown_table, nq_setup, parse_args, print_header, write_result
+
+QUICK = {"questions": 2, "top_n": 3, "corpus_limit": 500, "steps": 4}
+FORMATS = ("fp32", "bf16", "int8", "int8-keep-down", "int8-keep-mlp")
+
+
+def build(name: str, fp32):
+    """The model in format ``name``, a copy of ``fp32`` (or ``fp32`` itself)."""
+    import torch
+    from torch.ao.quantization import quantize_dynamic
+
+    if name == "fp32":
+        return fp32
+    if name == "bf16":
+        return copy.deepcopy(fp32).to(torch.bfloat16)
+    lm = copy.deepcopy(fp32)
+    lm.lm_head.weight = torch.nn.Parameter(lm.lm_head.weight.detach().clone(), requires_grad=False)
+    keep = {"int8": (), "int8-keep-down": ("down_proj",), "int8-keep-mlp": ("mlp.",)}[name]
+    names = {n for n, m in lm.named_modules() if isinstance(m, torch.nn.Linear) and not any(k in n for k in keep)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao eager quantisation is deprecated (kept to measure it)
+        return quantize_dynamic(lm, names, dtype=torch.qint8)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_args(ap, questions=8, llm=False)
+    ap.add_argument("--top-n", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=16, help="Decoding steps timed per format and thread count")
+    ap.add_argument("--formats", default=",".join(FORMATS), help=f"Comma-separated, of {', '.join(FORMATS)}")
+    args = parse_args(ap, QUICK)
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    if unknown := sorted(set(formats) - set(FORMATS)):
+        ap.error(f"unknown format(s) {unknown}; choose from {', '.join(FORMATS)}")
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+
+    from dynamicrag.llm.models import resolve_model
+    from dynamicrag.prompts import load_style, reranker_chat
+
+    setup = nq_setup(args)
+    style = load_style("default")
+    path = resolve_model(None)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    prompts = [tokenizer.apply_chat_template(reranker_chat(style, ex.question, ex.passages), add_generation_prompt=True,
+                                             return_tensors="pt", return_dict=True)["input_ids"]
+               for ex in setup.top(args.top_n)]
+    fp32 = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    threads = torch.get_num_threads()
+
+    def timings(lm) -> dict:
+        ids = prompts[0]
+        out: dict = {}
+        for n in sorted({threads, 1}, reverse=True):
+            torch.set_num_threads(n)
+            try:
+                start = time.perf_counter()
+                cache = DynamicCache(config=lm.config)
+                logits = lm(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1).logits
+                out[f"prefill_s_{n}t"] = time.perf_counter() - start
+                token, steps = logits[:, -1:].argmax(-1), []
+                for _ in range(args.steps):
+                    start = time.perf_counter()
+                    token = lm(input_ids=token, cache=cache, use_cache=True).logits[:, -1:].argmax(-1)
+                    steps.append(time.perf_counter() - start)
+                out[f"step_ms_{n}t"] = 1000 * statistics.median(steps)
+            finally:
+                torch.set_num_threads(threads)
+        return out
+
+    with torch.inference_mode():
+        reference = [fp32(input_ids=ids).logits[0].argmax(-1) for ids in prompts]
+        rows = []
+        for name in formats:
+            log(f"{name}")
+            lm = build(name, fp32)
+            agree = sum(int((lm(input_ids=ids).logits[0].argmax(-1) == ref).sum()) for ids, ref in zip(prompts, reference))
+            positions = sum(len(ref) for ref in reference)
+            lm(input_ids=prompts[0][:, :32])  # warm-up
+            rows.append({"format": name, "agreement": agree / positions, "positions": positions, **timings(lm)})
+
+    path_out = write_result("weight_formats", {"model": MODEL_NAME, "top_n": args.top_n, "threads": threads,
+                                               "rows": rows}, args)
+    print_header(args, f"{MODEL_NAME}; {len(prompts)} NQ reranker prompts over BM25 top-{args.top_n} "
+                       f"({rows[0]['positions']} positions); prefill of the first ({prompts[0].shape[1]} tokens) "
+                       f"and the median decoding step after it; JSON: {path_out}")
+    cols = sorted({threads, 1}, reverse=True)
+    print(markdown_table(
+        ["format", "next token = fp32's", *[f"prefill s ({n} thr)" for n in cols], *[f"step ms ({n} thr)" for n in cols]],
+        [[r["format"], f"{r['agreement']:.1%}", *[fmt(r[f"prefill_s_{n}t"]) for n in cols],
+          *[fmt(r[f"step_ms_{n}t"], ".1f") for n in cols]] for r in rows]))
+
+
+if __name__ == "__main__":
+    main()
