@@ -21,8 +21,8 @@ call; the best of --repeats timed runs is kept. Groups (``--groups``, comma-sepa
   (``prefill="rows"``, no compute spent on padding); padded tokens counted.
 - ``static``: decoding-heavy batches with a dynamic vs a static KV cache.
 - ``decode``: the decoding after the prompts are encoded on every thread, on every thread vs
-  on one (``decode_threads=1``; the default, "auto", does it for a single sequence under
-  PASSIVE): decoding-heavy batches at batch 1 and 8, the top-N reranker prompts with the id
+  on one (``decode_threads=1``; the default, "auto", does it for a single sequence after a
+  prompt of at most 512 tokens under PASSIVE): decoding-heavy batches at batch 1 and 8, the top-N reranker prompts with the id
   grammar and the generator prompts at batch 8 (greedy outputs compared).
 - ``threads``: OpenMP's wait policy and the thread count, each in its own process (OpenMP
   reads ``OMP_WAIT_POLICY`` once, at start): unset (OpenMP's default, as before) vs ACTIVE vs
