@@ -579,27 +579,35 @@ def reduction_summary(selections: Sequence[Any], n_passages: int, window: int, s
     }
 
 
-def int8_backend(fp32: Any, batch_size: int = 8) -> Any:
-    """A transformers backend on an int8 dynamically quantised copy of ``fp32``'s model.
+def int8_copy(lm: Any, keep: Sequence[str] = ()) -> Any:
+    """An int8 dynamically quantised copy of the fp32 model ``lm``.
 
     ``torch.ao`` eager dynamic quantisation of the linear layers (deprecated in torch, kept
     here to measure it), lm_head untied from the embedding first so the embedding table stays
-    fp32. A benchmark variant, not a backend option.
+    fp32; linear layers whose name contains one of ``keep`` stay fp32.
     """
     import copy
-    import threading
     import warnings
 
     import torch
     from torch.ao.quantization import quantize_dynamic
 
-    from dynamicrag.llm.transformers_backend import TransformersBackend
-
-    lm = copy.deepcopy(fp32.lm)
+    lm = copy.deepcopy(lm)
     lm.lm_head.weight = torch.nn.Parameter(lm.lm_head.weight.detach().clone(), requires_grad=False)
+    names = {n for n, m in lm.named_modules() if isinstance(m, torch.nn.Linear) and not any(k in n for k in keep)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao eager quantisation is deprecated
-        quantized = quantize_dynamic(lm, {torch.nn.Linear}, dtype=torch.qint8)
+        return quantize_dynamic(lm, names, dtype=torch.qint8)
+
+
+def int8_backend(fp32: Any, batch_size: int = 8) -> Any:
+    """A transformers backend on an int8 dynamically quantised copy of ``fp32``'s model
+    (:func:`int8_copy`). A benchmark variant, not a backend option."""
+    import threading
+
+    from dynamicrag.llm.transformers_backend import TransformersBackend
+
+    quantized = int8_copy(fp32.lm)
     llm = TransformersBackend(fp32.model, dtype="float32", batch_size=batch_size)
     llm.lm, llm._lock = quantized, threading.Lock()  # a copy of its own, not the shared model
     llm.dtype_reason = "int8 dynamic (torch.ao quantize_dynamic, linear layers; lm_head untied)"

@@ -23,9 +23,19 @@ import argparse
 import copy
 import statistics
 import time
-import warnings
 
-from _common import MODEL_NAME, add_common_args, fmt, log, markdown_table, nq_setup, parse_args, print_header, write_result
+from _common import (
+    MODEL_NAME,
+    add_common_args,
+    fmt,
+    int8_copy,
+    log,
+    markdown_table,
+    nq_setup,
+    parse_args,
+    print_header,
+    write_result,
+)
 
 QUICK = {"questions": 2, "top_n": 3, "corpus_limit": 500, "steps": 4}
 FORMATS = ("fp32", "bf16", "int8", "int8-keep-down", "int8-keep-mlp")
@@ -34,19 +44,12 @@ FORMATS = ("fp32", "bf16", "int8", "int8-keep-down", "int8-keep-mlp")
 def build(name: str, fp32):
     """The model in format ``name``, a copy of ``fp32`` (or ``fp32`` itself)."""
     import torch
-    from torch.ao.quantization import quantize_dynamic
 
     if name == "fp32":
         return fp32
     if name == "bf16":
         return copy.deepcopy(fp32).to(torch.bfloat16)
-    lm = copy.deepcopy(fp32)
-    lm.lm_head.weight = torch.nn.Parameter(lm.lm_head.weight.detach().clone(), requires_grad=False)
-    keep = {"int8": (), "int8-keep-down": ("down_proj",), "int8-keep-mlp": ("mlp.",)}[name]
-    names = {n for n, m in lm.named_modules() if isinstance(m, torch.nn.Linear) and not any(k in n for k in keep)}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao eager quantisation is deprecated (kept to measure it)
-        return quantize_dynamic(lm, names, dtype=torch.qint8)
+    return int8_copy(fp32, keep={"int8": (), "int8-keep-down": ("down_proj",), "int8-keep-mlp": ("mlp.",)}[name])
 
 
 def main() -> None:
@@ -61,19 +64,17 @@ def main() -> None:
         ap.error(f"unknown format(s) {unknown}; choose from {', '.join(FORMATS)}")
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+    from transformers import DynamicCache
 
-    from dynamicrag.llm.models import resolve_model
+    from dynamicrag.llm import load_backend
     from dynamicrag.prompts import load_style, reranker_chat
 
     setup = nq_setup(args)
     style = load_style("default")
-    path = resolve_model(None)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    prompts = [tokenizer.apply_chat_template(reranker_chat(style, ex.question, ex.passages), add_generation_prompt=True,
-                                             return_tensors="pt", return_dict=True)["input_ids"]
+    backend = load_backend("transformers", dtype="float32")  # its model and chat encoding
+    prompts = [torch.tensor([backend.encode(reranker_chat(style, ex.question, ex.passages))])
                for ex in setup.top(args.top_n)]
-    fp32 = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    fp32 = backend.lm
     threads = torch.get_num_threads()
 
     def timings(lm) -> dict:
