@@ -201,3 +201,28 @@ def test_adapter_only_run_on_one_role_in_bf16_on_a_cpu(tmp_path):
     out = train_sft(config)
     assert out == Path(config.output_dir) / "adapter" and (out / "adapter_config.json").exists()
     assert not (Path(config.output_dir) / "merged").exists()
+
+
+def test_lora_layers_is_checked_before_anything_loads(tmp_path):
+    for bad in (0, -2, True, "4"):
+        with pytest.raises(ValueError, match="lora_layers"):
+            baby_config(tmp_path, lora_layers=bad)
+
+
+@pytest.mark.slow
+def test_lora_on_the_last_layers_trains_those_layers_only(tmp_path):
+    from safetensors.torch import load_file
+
+    from dynamicrag.train.common import load_trainable, lora_config
+    from dynamicrag.train.sft import train_sft
+
+    out = train_sft(baby_config(tmp_path, lora_layers=2, save="adapter", max_steps=1))
+    weights = load_file(str(out / "adapter_model.safetensors"))
+    layers = {int(k.split(".layers.")[1].split(".")[0]) for k in weights}
+    assert layers == {28, 29}  # SmolLM2-135M has 30 layers: the last two
+    # every linear layer of those two ("all-linear" named out, as peft needs for a layer range)
+    assert {k.split(".")[-3] for k in weights} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert json.loads((out / "adapter_config.json").read_text())["layers_to_transform"] == [28, 29]
+    model, _ = load_trainable(None)
+    with pytest.raises(ValueError, match="more than the model's 30 layers"):
+        lora_config(baby_config(tmp_path, lora_layers=31), model)

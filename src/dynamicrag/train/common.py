@@ -77,6 +77,12 @@ class RunConfig:
         default="all-linear",
         metadata={"help": "Modules that get LoRA adapters: 'all-linear' or a list of module names (e.g. [q_proj, v_proj])."},
     )
+    lora_layers: int | None = field(
+        default=None,
+        metadata={"help": "LoRA on the last N decoder layers only; null = every layer. The layers below get no "
+                  "gradient, so the backward pass stops at layer L-N (benchmarks/lora_layers.py: 1.9x faster per sequence "
+                  "with 8 of SmolLM2's 30 layers)."},
+    )
     learning_rate: float = field(
         default=1e-5,
         metadata={"help": "Peak learning rate (paper: 1e-5 for full FT; LoRA usually needs ~1e-4 to 2e-4)."},
@@ -218,6 +224,9 @@ def check_training_fields(config: Any) -> None:
             or (isinstance(config.target_modules, list) and config.target_modules
                 and all(isinstance(m, str) for m in config.target_modules))):
         raise ValueError(f"target_modules: 'all-linear' or a non-empty list of module names, got {config.target_modules!r}")
+    if config.lora_layers is not None and (isinstance(config.lora_layers, bool) or not isinstance(config.lora_layers, int)
+                                           or config.lora_layers < 1):
+        raise ValueError(f"lora_layers: a positive number of layers or null (every layer), got {config.lora_layers!r}")
 
 
 def read_config_file(cls: type[_C], path: str | os.PathLike, overrides: dict[str, Any], what: str) -> _C:
@@ -333,19 +342,49 @@ def load_trainable(model: str | None) -> tuple[Any, Any]:
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), tokenizer
 
 
-def lora_config(config: Any) -> Any:
-    """The ``peft.LoraConfig`` of a run config's LoRA fields, or None when ``lora`` is off."""
+def lora_config(config: Any, model: Any = None) -> Any:
+    """The ``peft.LoraConfig`` of a run config's LoRA fields, or None when ``lora`` is off.
+
+    Args:
+        config: The run config.
+        model: The model the adapter goes on; needed when ``lora_layers`` is set, to count its
+            decoder layers and to name its linear modules.
+
+    Raises:
+        ValueError: ``lora_layers`` exceeds the model's number of layers.
+    """
     if not config.lora:
         return None
     from peft import LoraConfig
 
+    target_modules, layers = config.target_modules, None
+    if config.lora_layers is not None:
+        if model is None:
+            raise ValueError("lora_layers: the model is needed to choose its last layers")
+        total = model.config.num_hidden_layers
+        if config.lora_layers > total:
+            raise ValueError(f"lora_layers: {config.lora_layers} is more than the model's {total} layers")
+        layers = list(range(total - config.lora_layers, total))
+        if target_modules == "all-linear":  # peft takes a layer range only with named modules
+            target_modules = linear_module_names(model)
     return LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
-        target_modules=config.target_modules,
+        target_modules=target_modules,
+        layers_to_transform=layers,
         task_type="CAUSAL_LM",
     )
+
+
+def linear_module_names(model: Any) -> list[str]:
+    """The names (last part) of a model's linear layers except its output head: what peft's
+    ``"all-linear"`` selects, as a list that ``layers_to_transform`` accepts."""
+    import torch
+
+    head = model.get_output_embeddings()
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if isinstance(module, torch.nn.Linear) and module is not head})
 
 
 def train_and_save(trainer: Any, config: Any, what: str) -> Path:

@@ -247,7 +247,7 @@ def build_dpo_trainer(config: DPORunConfig) -> Any:
            "use_cpu": config.bf16 and not torch.cuda.is_available(), **config.dpo_args},
     )
     model, tokenizer = load_trainable(config.model)
-    peft_config = lora_config(config)
+    peft_config = lora_config(config, model)
     if config.adapter is not None:
         from peft import PeftModel
 

@@ -175,7 +175,7 @@ def build_sft_trainer(config: SFTRunConfig) -> Any:
         args=args,
         train_dataset=Dataset.from_list(records),
         processing_class=tokenizer,
-        peft_config=lora_config(config),
+        peft_config=lora_config(config, model),
     )
 
 
