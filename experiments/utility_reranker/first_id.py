@@ -4,7 +4,7 @@ A greedy reranker that writes `[1]` everywhere may still give the right passage 
 than it gives it without training. This reads, for each prompt, the model's distribution over
 the first item of its answer: `None`, or `[j]` for j = 1..9 (one forward pass of the prompt
 followed by `[`: p(`[`) x p(digit j | `[`); `[10]` shares its first digit with `[1]` and is
-left out). Two sets of prompts, the reranker prompt of the recipe (60 words a passage):
+left out). Two sets of prompts, the reranker prompt of the recipe (--passage-words, 60):
 
 * ``--sft``: the recipe's SFT reranker records; the target is the first id of the record's
   expert list (the utility teacher's), `None` included.
@@ -76,12 +76,14 @@ def main() -> None:
     parser.add_argument("--adapter", required=True, help="LoRA adapter folder, or 'none' for the base model")
     parser.add_argument("--sft", help="The recipe's prepare/sft.jsonl")
     parser.add_argument("--nq", type=int, default=0, help="Held-apart NQ questions 0..N-1")
+    parser.add_argument("--passage-words", type=int, default=60, help="Words a passage in the NQ prompts (the recipe's cap)")
     parser.add_argument("--data", default="../shared/data")
     parser.add_argument("--json", help="Write the summary here")
     args = parser.parse_args()
 
     from dynamicrag.data import read_jsonl
     from dynamicrag.llm import load_backend
+    from dynamicrag.rerank.parse import parse_selection
 
     adapter = None if args.adapter == "none" else args.adapter
     backend = load_backend("transformers", adapter=adapter, batch_size=1)
@@ -91,10 +93,11 @@ def main() -> None:
         for _, r in read_jsonl(args.sft):
             if r["role"] == "reranker" and r["id"] not in seen:
                 seen.add(r["id"])
-                first = r["messages"][-1]["content"].split(",")[0].strip()
-                if first in OPTIONS:
+                target = parse_selection(r["messages"][-1]["content"], 10)  # the pipeline's own reading
+                first = target.ids[0] if target.ids else 0  # 0: None, OPTIONS' first
+                if target.error is None and first < len(OPTIONS):
                     chats.append(r["messages"][:2])
-                    targets.append(OPTIONS.index(first))
+                    targets.append(first)
         report["sft"] = summarise(first_item_logprobs(backend, chats), targets)
     if args.nq:
         from pathlib import Path
@@ -113,7 +116,7 @@ def main() -> None:
         for ex in with_passages(examples, retriever, 10, retrieve=True):
             gold = [i for i, p in enumerate(ex.passages[:9], 1) if p.extra.get("isgold")]
             if gold:
-                chats.append(reranker_chat(style, ex.question, ex.passages, 60))
+                chats.append(reranker_chat(style, ex.question, ex.passages, args.passage_words))
                 targets.append(gold[0])
         report["nq"] = summarise(first_item_logprobs(backend, chats), targets)
     print(json.dumps(report, indent=1))
