@@ -261,13 +261,15 @@ def benchmark(
     config: Optional[Path] = typer.Option(None, "--config", help="Benchmark YAML; default: the shared-data comparison"),
     model: Optional[str] = typer.Option(None, "--model", help="Override the config's model (e.g. a trained checkpoint folder)"),
     reranker_adapter: Optional[str] = typer.Option(None, "--reranker-adapter", help="Override the config's reranker adapter (auto | none | folder | shipped name)"),
+    only: list[str] = typer.Option([], "--benchmark", help="Run this benchmark of the config only (repeatable); default: all"),
     *, logs: None,
 ) -> None:
     """Run benchmarks x rerankers with one generator and write one comparison table and plots."""
     from dynamicrag.evaluate.benchmark import default_config_path, load_config, run_benchmark
 
     with failing():
-        cfg = load_config(config or default_config_path()).with_overrides(model=model, reranker_adapter=reranker_adapter)
+        cfg = load_config(config or default_config_path()).with_overrides(
+            model=model, reranker_adapter=reranker_adapter, only=only)
     start = time.perf_counter()
     with runs_progress() as on_progress:
         comparison = run_benchmark(cfg, data, out, on_progress)

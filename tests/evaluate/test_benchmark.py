@@ -51,6 +51,17 @@ def test_config_errors_name_file_and_field(tmp_path):
         load_config(bad)
 
 
+
+def test_the_cli_names_a_benchmark_the_config_lacks(tmp_path):
+    config = tmp_path / "b.yaml"
+    config.write_text(yaml.safe_dump(CONFIG))
+    result = CliRunner().invoke(app, ["benchmark", "--config", str(config), "--data", str(tmp_path),
+                                      "--out", str(tmp_path / "out"), "--benchmark", "hotpot"])
+    assert result.exit_code != 0
+    assert "benchmarks ['hotpot'] are not in the config (['nq', 'hotpotqa'])" in result.output
+    assert not (tmp_path / "out").exists()  # refused before anything is written
+
+
 @pytest.mark.slow
 def test_benchmark_runs_every_pair_and_writes_one_comparison(shared_data, tmp_path, smollm):
     config = tmp_path / "bench.yaml"

@@ -144,6 +144,22 @@ def test_rows_can_be_limited_to_some_benchmarks_and_read_own_passages(data):
     assert set(comparison["runs"]) == {"qa/top-1", "qa/gold-own", "qa2/top-1"}
 
 
+def test_a_benchmark_run_in_parts_runs_and_compares_the_part_asked_for(data):
+    rows = [{"name": "top-1", "kind": "topk", "k": 1},
+            {"name": "gold-own", "kind": "gold", "own_passages": True, "benchmarks": ["qa"]}]
+    cfg = config(rows=rows, benchmarks=[
+        {"name": "qa", "file": "qa.jsonl", "task": "nq", "top_n": 3},
+        {"name": "qa2", "file": "qa.jsonl", "task": "nq", "top_n": 2, "limit": 2},
+    ])
+    out = data / "out"
+    comparison = run_benchmark(cfg.with_overrides(only=["qa2"]), data, out, backend=ScriptedBackend())
+    assert set(comparison["runs"]) == {"qa2/top-1"}  # gold-own, limited to qa, is dropped
+    assert not (out / "runs" / "qa").exists()
+    assert "qa2/top-1" in (out / "comparison.md").read_text()
+    with pytest.raises(ValueError, match=r"benchmarks \['hotpotqa'\] are not in the config \(\['qa', 'qa2'\]\)"):
+        cfg.with_overrides(only=["hotpotqa"])
+
+
 def test_every_row_is_compared_with_the_best_fixed_k_question_by_question(data):
     rows = [*ROWS[:3], {"name": "top-2-again", "kind": "topk", "k": 2}, ROWS[3]]
     out = data / "out"

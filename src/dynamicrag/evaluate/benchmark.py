@@ -31,7 +31,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -143,15 +143,29 @@ class BenchmarkConfig(BaseModel):
         """The (benchmark, row) pairs to run, in config order (a row's ``benchmarks`` filter applied)."""
         return [(b, r) for b in self.benchmarks for r in self.rerankers if r.benchmarks is None or b.name in r.benchmarks]
 
-    def with_overrides(self, model: str | None = None, reranker_adapter: str | None = None) -> BenchmarkConfig:
+    def with_overrides(
+        self, model: str | None = None, reranker_adapter: str | None = None, only: Sequence[str] = ()
+    ) -> BenchmarkConfig:
         """This config with another model (both roles) or reranker adapter (``benchmark --model``,
-        ``--reranker-adapter``), every run's pipeline checked before the first run.
+        ``--reranker-adapter``), or with some of its benchmarks only (``--benchmark``: a long
+        benchmark run in parts writes each part's comparison), every run's pipeline checked before
+        the first run.
 
         Raises:
-            ValueError: A run whose roles or options cannot be built (adapter, backend, option).
+            ValueError: A run whose roles or options cannot be built (adapter, backend, option),
+                or a name in ``only`` that is not one of the config's benchmarks.
             FileNotFoundError: An adapter folder that does not exist.
         """
         config = self
+        if only:
+            names = [b.name for b in self.benchmarks]
+            if unknown := sorted(set(only) - set(names)):
+                raise ValueError(f"benchmarks {unknown} are not in the config ({names})")
+            # A row limited to benchmarks left out is dropped, not left naming a benchmark gone.
+            rows = [r if r.benchmarks is None else r.model_copy(update={"benchmarks": [b for b in r.benchmarks if b in only]})
+                    for r in self.rerankers if r.benchmarks is None or set(r.benchmarks) & set(only)]
+            config = config.model_copy(update={"benchmarks": [b for b in self.benchmarks if b.name in only],
+                                               "rerankers": rows})
         if model:
             config = config.model_copy(update={"model": model})
         if reranker_adapter:
