@@ -14,8 +14,8 @@ import pytest
 
 from dynamicrag.llm import SamplingParams, load_backend
 from dynamicrag.llm.base import loop_frequency_penalty, snap_to_choice
-from dynamicrag.llm.constrain import ID_LIST_REGEX, is_complete
-from dynamicrag.llm.openai_backend import ID_LIST_GBNF, OpenAIBackend, guided_extra_body
+from dynamicrag.llm.constrain import id_list_gbnf, id_list_regex, is_complete
+from dynamicrag.llm.openai_backend import OpenAIBackend, guided_extra_body
 from dynamicrag.serve import BackgroundServer, create_openai_app
 
 
@@ -130,10 +130,10 @@ def test_request_mapping_and_guided_decoding_dialects():
     kwargs = backend.request_kwargs(SamplingParams(temperature=0.4, top_p=0.9, max_new_tokens=100, n=8,
                                                    seed=3, stop=("\n",), id_list_max=20))
     assert kwargs == {"model": "m", "n": 8, "temperature": 0.4, "top_p": 0.9, "max_tokens": 100, "seed": 3,
-                      "stop": ["\n"], "extra_body": {"structured_outputs": {"regex": ID_LIST_REGEX}}}
+                      "stop": ["\n"], "extra_body": {"structured_outputs": {"regex": id_list_regex(20)}}}
     assert "seed" not in backend.request_kwargs(SamplingParams())
-    assert guided_extra_body("guided_regex", 5) == {"guided_regex": ID_LIST_REGEX}
-    assert guided_extra_body("grammar", 5) == {"grammar": ID_LIST_GBNF}
+    assert guided_extra_body("guided_regex", 5) == {"guided_regex": id_list_regex(5)}
+    assert guided_extra_body("grammar", 5) == {"grammar": id_list_gbnf(5)}
     assert guided_extra_body("dynamicrag", 5) == {"id_list_max": 5}
     with pytest.raises(ValueError, match="guided_decoding='none'"):
         guided_extra_body("none", 5)

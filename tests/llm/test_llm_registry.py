@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 
 from dynamicrag.llm import BACKENDS, Backend, SamplingParams, load_backend
-from dynamicrag.llm.constrain import ID_LIST_REGEX
+from dynamicrag.llm.constrain import id_list_regex
 from dynamicrag.llm.vllm_backend import to_vllm_sampling_kwargs
 
 
@@ -33,7 +33,7 @@ def test_vllm_sampling_kwargs_trajectory_sampling():
                                                     seed=11, stop=("\n\n", "###"), id_list_max=40))
     assert kwargs == {
         "temperature": 0.4, "top_p": 0.95, "max_tokens": 100, "n": 8, "seed": 11,
-        "stop": ["\n\n", "###"], "structured_outputs": {"regex": ID_LIST_REGEX},
+        "stop": ["\n\n", "###"], "structured_outputs": {"regex": id_list_regex(40)},
     }
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from dynamicrag.llm import SamplingParams
 from dynamicrag.llm.base import LOOP_FREQUENCY_PENALTY
-from dynamicrag.llm.constrain import ID_LIST_REGEX
+from dynamicrag.llm.constrain import id_list_regex
 from dynamicrag.llm.vllm_backend import VLLMBackend
 
 
@@ -105,7 +105,7 @@ def test_id_grammar_uses_the_structured_outputs_class_of_the_installed_vllm(monk
     key = "structured_outputs" if new_vllm else "guided_decoding"  # renamed in vLLM 0.10.2
     constraint = params.kwargs.pop(key)
     assert type(constraint).__name__ == ("StructuredOutputsParams" if new_vllm else "GuidedDecodingParams")
-    assert constraint.kwargs == {"regex": ID_LIST_REGEX}
+    assert constraint.kwargs == {"regex": id_list_regex(40)}
     assert params.kwargs == {"temperature": 0.0, "top_p": 1.0, "max_tokens": 200, "n": 1}
 
 

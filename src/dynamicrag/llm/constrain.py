@@ -4,15 +4,32 @@ Grammar: ``None`` | ``[i]`` (``, [j]``)* with distinct ids in 1..max_id, then en
 
 Written by hand because it is a dozen lines of state, where a general regex/grammar engine
 (outlines, lm-format-enforcer) would add a heavy dependency and still not express "ids in
-range and distinct". Engines that take a regex (vLLM, OpenAI-compatible servers) get
-:data:`ID_LIST_REGEX`; in-range and distinct are then enforced by the parser afterwards.
+range and distinct". Engines that take a regex or a GBNF grammar (vLLM, llama.cpp,
+OpenAI-compatible servers) get :func:`id_list_regex` / :func:`id_list_gbnf`, which hold the ids
+to 1..max_id and the list to at most max_id ids; distinct ids, which no compact regex
+expresses, are then left to the parser (it drops repeats).
 """
 
 from __future__ import annotations
 
 import re
 
-ID_LIST_REGEX = r"(None|\[[1-9][0-9]*\](, \[[1-9][0-9]*\])*)"
+def _id_alternatives(max_id: int) -> list[str]:
+    if max_id < 1:
+        raise ValueError(f"max_id must be >= 1, got {max_id}")
+    return [str(i) for i in range(max_id, 0, -1)]  # longest first: a backtracking regex tries 10 before 1
+
+
+def id_list_regex(max_id: int) -> str:
+    """A regex for ``None`` | ``[i]`` (``, [j]``)* with ids in 1..max_id and at most max_id of them."""
+    one = r"\[(" + "|".join(_id_alternatives(max_id)) + r")\]"
+    return f"(None|{one}(, {one}){{0,{max_id - 1}}})"
+
+
+def id_list_gbnf(max_id: int) -> str:
+    """The same language as :func:`id_list_regex` in GBNF, llama.cpp's grammar format."""
+    ids = " | ".join(f'"{i}"' for i in _id_alternatives(max_id))
+    return f'root ::= "None" | id (", " id){{0,{max_id - 1}}}\nid ::= "[" ({ids}) "]"'
 _TAIL = re.compile(r"\[([1-9][0-9]*)?(\])?(,)?")
 
 

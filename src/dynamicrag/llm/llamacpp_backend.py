@@ -1,8 +1,10 @@
 """A CPU backend on llama.cpp (extra ``[llamacpp]``): runs GGUF files quantised, as shipped.
 
 The bundled SmolLM2 GGUF runs here without the fp32 conversion the transformers backend needs,
-which makes it the fastest CPU option when ``llama-cpp-python`` is installed (building it takes
-several minutes, so it is optional). The id grammar is enforced with a GBNF grammar.
+and decodes several times faster than the transformers backend on a CPU; its prompt prefill
+can be slower (benchmarks/README.md, "llama.cpp on this machine"). ``llama-cpp-python`` has no
+binary wheel on PyPI for CPUs, so installing it compiles llama.cpp (about 10 minutes on 2
+cores): it is optional. The id grammar is enforced with a GBNF grammar (ids in 1..k).
 
 Example:
     >>> llm = LlamaCppBackend()  # the bundled SmolLM2-135M-Instruct Q4_1
@@ -18,7 +20,8 @@ from typing import Any
 
 from dynamicrag.llm.base import Chat, Completion, SamplingParams, loop_frequency_penalty
 from dynamicrag.llm.models import bundled_gguf_path
-from dynamicrag.llm.openai_backend import ID_LIST_GBNF, choice_gbnf
+from dynamicrag.llm.constrain import id_list_gbnf
+from dynamicrag.llm.openai_backend import choice_gbnf
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +67,7 @@ class LlamaCppBackend:
         self.llm = self._llama_cpp.Llama(model_path=self.model, n_ctx=n_ctx, n_threads=n_threads,
                                          verbose=False, **llama_kwargs)
         self._settings = {"n_ctx": n_ctx, "n_threads": n_threads, **llama_kwargs}
-        self._grammar = None
+        self._grammars: dict[int, Any] = {}  # id_list_max -> its compiled id grammar
 
     def describe(self) -> dict[str, Any]:
         """The ``llama_cpp.Llama`` settings (quantisation is the GGUF file's own)."""
@@ -91,9 +94,10 @@ class LlamaCppBackend:
             "stop": list(params.stop) or None,
         }
         if params.id_list_max is not None:
-            if self._grammar is None:
-                self._grammar = self._llama_cpp.LlamaGrammar.from_string(ID_LIST_GBNF, verbose=False)
-            kwargs["grammar"] = self._grammar
+            if params.id_list_max not in self._grammars:
+                self._grammars[params.id_list_max] = self._llama_cpp.LlamaGrammar.from_string(
+                    id_list_gbnf(params.id_list_max), verbose=False)
+            kwargs["grammar"] = self._grammars[params.id_list_max]
         if params.choices is not None:
             kwargs["grammar"] = self._llama_cpp.LlamaGrammar.from_string(choice_gbnf(params.choices), verbose=False)
         results = []

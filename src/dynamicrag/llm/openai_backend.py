@@ -7,16 +7,16 @@ run concurrently (servers batch them on their side) and come back in input order
 Constrained decoding is where the servers differ; ``guided_decoding`` picks the request field
 sent when ``SamplingParams.id_list_max`` is set (see :data:`GUIDED_DECODING`):
 
-* ``"structured_outputs"`` (default): ``{"structured_outputs": {"regex": ID_LIST_REGEX}}``,
+* ``"structured_outputs"`` (default): ``{"structured_outputs": {"regex": id_list_regex(k)}}``,
   vLLM >= 0.10.2 (vLLM 0.12 removed the older field).
-* ``"guided_regex"``: ``{"guided_regex": ID_LIST_REGEX}``, vLLM before 0.12.
-* ``"grammar"``: a GBNF grammar in ``{"grammar": ...}``, the llama.cpp server.
+* ``"guided_regex"``: ``{"guided_regex": id_list_regex(k)}``, vLLM before 0.12.
+* ``"grammar"``: a GBNF grammar in ``{"grammar": id_list_gbnf(k)}``, the llama.cpp server.
 * ``"dynamicrag"``: ``{"id_list_max": k}``, the project's own server, which also enforces
-  "ids in range and distinct" (a regex cannot).
+  distinct ids (a regex cannot).
 * ``"none"``: servers with no regex constraint (Ollama, the OpenAI API); a request with
   ``id_list_max`` then raises, as the :class:`~dynamicrag.llm.base.Backend` protocol says.
 
-With a regex or grammar, in-range and distinct ids are left to the reranker's parser.
+A regex or grammar holds the ids to 1..k; distinct ids are left to the reranker's parser.
 
 A label set (``SamplingParams.choices``) goes the same way (:func:`choice_extra_body`):
 ``{"structured_outputs": {"choice": [...]}}``, ``{"guided_choice": [...]}`` (vLLM before
@@ -41,12 +41,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from dynamicrag.llm.base import Chat, Completion, SamplingParams, loop_frequency_penalty, snapped_completion
-from dynamicrag.llm.constrain import ID_LIST_REGEX
+from dynamicrag.llm.constrain import id_list_gbnf, id_list_regex
 
 logger = logging.getLogger(__name__)
-
-# GBNF (llama.cpp's grammar format) for the same language as ID_LIST_REGEX.
-ID_LIST_GBNF = 'root ::= "None" | id (", " id)*\nid ::= "[" [1-9] [0-9]* "]"'
 
 GUIDED_DECODING: dict[str, str] = {
     "structured_outputs": "vLLM >= 0.10.2: structured_outputs.regex",
@@ -73,11 +70,11 @@ def guided_extra_body(guided_decoding: str, id_list_max: int) -> dict[str, Any]:
         ValueError: Unknown ``guided_decoding``, or ``"none"`` (the server cannot constrain).
     """
     if guided_decoding == "structured_outputs":
-        return {"structured_outputs": {"regex": ID_LIST_REGEX}}
+        return {"structured_outputs": {"regex": id_list_regex(id_list_max)}}
     if guided_decoding == "guided_regex":
-        return {"guided_regex": ID_LIST_REGEX}
+        return {"guided_regex": id_list_regex(id_list_max)}
     if guided_decoding == "grammar":
-        return {"grammar": ID_LIST_GBNF}
+        return {"grammar": id_list_gbnf(id_list_max)}
     if guided_decoding == "dynamicrag":
         return {"id_list_max": id_list_max}
     if guided_decoding == "none":

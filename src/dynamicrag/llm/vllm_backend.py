@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dynamicrag.llm.base import Chat, Completion, SamplingParams, loop_frequency_penalty
-from dynamicrag.llm.constrain import ID_LIST_REGEX
+from dynamicrag.llm.constrain import id_list_regex
 from dynamicrag.llm.models import resolve_model
 
 logger = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def to_vllm_sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
     if params.stop:
         kwargs["stop"] = list(params.stop)  # excluded from the output text, as in SamplingParams
     if params.id_list_max is not None:
-        kwargs["structured_outputs"] = {"regex": ID_LIST_REGEX}
+        kwargs["structured_outputs"] = {"regex": id_list_regex(params.id_list_max)}
     if params.choices is not None:
         kwargs["structured_outputs"] = {"choice": list(params.choices)}
     # vLLM has no n-gram ban: an asked-for no_repeat_ngram_size becomes its frequency_penalty,
