@@ -7,12 +7,15 @@ Written by hand because it is a dozen lines of state, where a general regex/gram
 range and distinct". Engines that take a regex or a GBNF grammar (vLLM, llama.cpp,
 OpenAI-compatible servers) get :func:`id_list_regex` / :func:`id_list_gbnf`, which hold the ids
 to 1..max_id and the list to at most max_id ids; distinct ids, which no compact regex
-expresses, are then left to the parser (it drops repeats).
+expresses, are then left to the parser.
 """
 
 from __future__ import annotations
 
 import re
+
+_TAIL = re.compile(r"\[([1-9][0-9]*)?(\])?(,)?")
+
 
 def _id_alternatives(max_id: int) -> list[str]:
     if max_id < 1:
@@ -30,7 +33,6 @@ def id_list_gbnf(max_id: int) -> str:
     """The same language as :func:`id_list_regex` in GBNF, llama.cpp's grammar format."""
     ids = " | ".join(f'"{i}"' for i in _id_alternatives(max_id))
     return f'root ::= "None" | id (", " id){{0,{max_id - 1}}}\nid ::= "[" ({ids}) "]"'
-_TAIL = re.compile(r"\[([1-9][0-9]*)?(\])?(,)?")
 
 
 def _ids_so_far(text: str) -> tuple[list[int], str] | None:

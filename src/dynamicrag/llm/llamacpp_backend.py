@@ -2,7 +2,7 @@
 
 The bundled SmolLM2 GGUF runs here without the fp32 conversion the transformers backend needs,
 and decodes several times faster than the transformers backend on a CPU; its prompt prefill
-can be slower (benchmarks/README.md, "llama.cpp on this machine"). ``llama-cpp-python`` has no
+can be slower (benchmarks/README.md, "llama.cpp, built"). ``llama-cpp-python`` has no
 binary wheel on PyPI for CPUs, so installing it compiles llama.cpp (about 10 minutes on 2
 cores): it is optional. The id grammar is enforced with a GBNF grammar (ids in 1..k).
 
