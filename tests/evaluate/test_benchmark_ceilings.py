@@ -50,6 +50,16 @@ def config(rows=ROWS, **overrides) -> BenchmarkConfig:
     })
 
 
+def two_benchmarks() -> BenchmarkConfig:
+    """qa (3 passages) and qa2 (2 passages, 2 questions); gold-own is limited to qa."""
+    rows = [{"name": "top-1", "kind": "topk", "k": 1},
+            {"name": "gold-own", "kind": "gold", "own_passages": True, "benchmarks": ["qa"]}]
+    return config(rows=rows, benchmarks=[
+        {"name": "qa", "file": "qa.jsonl", "task": "nq", "top_n": 3},
+        {"name": "qa2", "file": "qa.jsonl", "task": "nq", "top_n": 2, "limit": 2},
+    ])
+
+
 def records(out: Path, row: str) -> list[dict]:
     return [json.loads(line) for line in (out / "runs" / "qa" / f"{row}.jsonl").read_text().splitlines()]
 
@@ -134,23 +144,13 @@ def test_a_run_file_of_another_generator_setting_is_not_resumed(data):
 
 
 def test_rows_can_be_limited_to_some_benchmarks_and_read_own_passages(data):
-    rows = [{"name": "top-1", "kind": "topk", "k": 1},
-            {"name": "gold-own", "kind": "gold", "own_passages": True, "benchmarks": ["qa"]}]
-    cfg = config(rows=rows, benchmarks=[
-        {"name": "qa", "file": "qa.jsonl", "task": "nq", "top_n": 3},
-        {"name": "qa2", "file": "qa.jsonl", "task": "nq", "top_n": 2, "limit": 2},
-    ])
+    cfg = two_benchmarks()
     comparison = run_benchmark(cfg, data, data / "out", backend=ScriptedBackend())
     assert set(comparison["runs"]) == {"qa/top-1", "qa/gold-own", "qa2/top-1"}
 
 
 def test_a_benchmark_run_in_parts_runs_and_compares_the_part_asked_for(data):
-    rows = [{"name": "top-1", "kind": "topk", "k": 1},
-            {"name": "gold-own", "kind": "gold", "own_passages": True, "benchmarks": ["qa"]}]
-    cfg = config(rows=rows, benchmarks=[
-        {"name": "qa", "file": "qa.jsonl", "task": "nq", "top_n": 3},
-        {"name": "qa2", "file": "qa.jsonl", "task": "nq", "top_n": 2, "limit": 2},
-    ])
+    cfg = two_benchmarks()
     out = data / "out"
     comparison = run_benchmark(cfg.with_overrides(only=["qa2"]), data, out, backend=ScriptedBackend())
     assert set(comparison["runs"]) == {"qa2/top-1"}  # gold-own, limited to qa, is dropped
