@@ -1,4 +1,4 @@
-"""Reranker pairs decided by the generator's answer only (variant F of the reranker issue).
+"""Reranker pairs decided by the generator's answer only (a check on variant E of the reranker issue).
 
 `dynamicrag pairs` takes, per question, the best and the worst sampled list by total reward, so
 most of variant E's pairs taught `[1]` over `None` or a malformed list (what the adapter already
