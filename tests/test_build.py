@@ -155,6 +155,9 @@ def test_one_base_serves_both_roles_with_the_shipped_adapter_on_for_the_reranker
     assert len(record["passages"]) == 5 and record["well_formed"]  # top_n 5, constrained
     untrained = build_pipeline(PipelineConfig(reranker={"adapter": "none", **fp32}, generator=fp32))
     assert untrained.reranker.backend is smollm and untrained.reranker.passage_words is None
+    # Query likelihood orders the candidates on the same base, with the adapter off.
+    ordered = build_pipeline(PipelineConfig(reranker=fp32, generator=fp32, order_by="query-likelihood"))
+    assert ordered.reranker.order_by.backend is smollm and ordered.settings["reranker"]["order_by"] == "query-likelihood"
 
 
 def test_the_package_ships_the_recipes_reranker_adapter_and_every_command_uses_it():
@@ -166,6 +169,7 @@ def test_the_package_ships_the_recipes_reranker_adapter_and_every_command_uses_i
     # What it is and how it must run: the manifest's settings are those it was trained with.
     assert (manifest.base_model, manifest.role, manifest.prompt_style) == (DEFAULT_MODEL, "reranker", "default")
     assert (manifest.passage_words, manifest.top_n, manifest.constrained) == (60, 10, False)
+    assert manifest.order_by == "query-likelihood"  # trained and run on candidates in that order
     # How it was made, and that its training questions stay clear of the held-apart ones.
     assert "dynamicrag train recipe --config" in manifest.training["command"]
     for data, (start, stop) in manifest.training["slices"].items():
@@ -180,3 +184,21 @@ def test_the_package_ships_the_recipes_reranker_adapter_and_every_command_uses_i
     config = resolve_config(PipelineConfig(), top_n=10, constrained=True)
     assert config.reranker.adapter == str(folder.resolve()) and config.generator.adapter == NONE
     assert role_settings(config)["reranker"]["adapter_manifest"] == "smollm2-135m-reranker"
+    assert config.order_by == "query-likelihood" and role_settings(config)["reranker"]["order_by"] == "query-likelihood"
+
+
+def test_the_candidate_order_comes_from_the_config_else_the_adapter_manifest(tmp_path, fake_adapter, no_shipped):
+    from dynamicrag.build import build_reranker
+    from dynamicrag.rerank.pointwise import RetrieverScorer
+
+    assert resolve_config(PipelineConfig(reranker={"adapter": "none"})).order_by == NONE  # retrieval order
+    ordered = linked_copy(fake_adapter, tmp_path / "ordered", order_by="retriever")
+    config = resolve_config(PipelineConfig(reranker={"adapter": str(ordered)}))
+    assert config.order_by == "retriever" and role_settings(config)["reranker"]["order_by"] == "retriever"
+    mine = resolve_config(PipelineConfig(reranker={"adapter": str(ordered)}, order_by="none"))
+    assert mine.order_by == NONE and "order_by" not in role_settings(mine)["reranker"]
+    with pytest.raises(ValueError, match="order_by: unknown scorer 'bm42'"):
+        resolve_config(PipelineConfig(order_by="bm42"))
+    reranker = build_reranker(resolve_config(PipelineConfig(kind="dynamic", reranker={"adapter": "none"}, order_by="retriever")),
+                              backend=object())
+    assert isinstance(reranker.order_by, RetrieverScorer)

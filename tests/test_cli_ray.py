@@ -108,11 +108,16 @@ def test_retrieve_on_ray_gives_the_local_records(shared_data, wiki_index, local_
 @pytest.fixture
 def one_torch_thread():
     """Ray gives a 1-CPU worker one torch thread; the local run matches it, so both sum the
-    same floats in the same order and greedy decoding cannot flip on a near tie."""
+    same floats in the same order and greedy decoding cannot flip on a near tie. The KV caches
+    of shared prompt prefixes that earlier tests left (computed with other thread counts) are
+    dropped for the same reason: the workers start without any."""
     import torch
+
+    from dynamicrag.llm.transformers_backend import clear_prefix_caches
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    clear_prefix_caches()
     yield
     torch.set_num_threads(threads)
 

@@ -116,6 +116,10 @@ class PipelineConfig(BaseModel):
     passage_words: int | None = Field(
         None, ge=0, description="Words of each passage shown to the reranker, 0: all (default: the reranker adapter's, else all)"
     )
+    order_by: str | None = Field(
+        None, description="dynamic: a scorer (as --scorer) that orders the candidates before the reranker reads them, "
+        "e.g. query-likelihood; none: the retriever's order (default: the reranker adapter's, else none)"
+    )
     reranker_max_tokens: int | None = Field(
         None, ge=1, description="Cap on an LLM reranker's output (default: dynamic 100 as in the paper; listwise: a full permutation)"
     )
@@ -318,7 +322,7 @@ def resolve_config(config: PipelineConfig, *, top_n: int | None = 40, constraine
 
     Returns:
         A copy with absolute adapter folders (or ``"none"``), prompt styles, ``constrained``,
-        ``passage_words`` (0: all) and ``top_n`` set.
+        ``passage_words`` (0: all), ``top_n`` and ``order_by`` (``"none"``: retrieval order) set.
 
     Raises:
         FileNotFoundError: An adapter folder does not exist (the message names it).
@@ -345,9 +349,15 @@ def resolve_config(config: PipelineConfig, *, top_n: int | None = 40, constraine
     if passage_words is None:
         passage_words = (manifest.passage_words if manifest else None) or 0
     top_n = config.top_n or (manifest.top_n if manifest else None) or top_n
+    order_by = config.order_by or (manifest.order_by if manifest else None) or NONE
+    if order_by != NONE:
+        from dynamicrag.rerank.pointwise import SCORERS
+
+        if order_by.partition(":")[0] not in SCORERS:
+            raise ValueError(f"order_by: unknown scorer {order_by!r}; use one of {sorted(SCORERS)} or 'none'")
     return config.model_copy(update={
         "reranker": reranker, "generator": generator, "constrained": constrained,
-        "passage_words": passage_words, "top_n": top_n,
+        "passage_words": passage_words, "top_n": top_n, "order_by": order_by,
     })
 
 
@@ -381,7 +391,12 @@ def role_settings(config: PipelineConfig) -> dict[str, dict[str, Any]]:
         kind=config.kind, constrained=config.constrained, passage_words=config.passage_words or None,
         top_n=config.top_n, max_new_tokens=config.reranker_max_tokens,
     )
-    if config.kind == "adaptive-k":
+    if config.kind == "dynamic" and config.order_by not in (None, NONE):
+        # Only when set: records of runs in retrieval order stay comparable with older ones.
+        out["reranker"].update(order_by=config.order_by)
+    elif config.kind == "pointwise":
+        out["reranker"].update(scorer=config.scorer)
+    elif config.kind == "adaptive-k":
         out["reranker"].update(scorer=config.scorer, buffer=config.buffer)
     elif config.kind == "threshold":
         out["reranker"].update(scorer=config.scorer, threshold=config.threshold, max_drop=config.max_drop)
@@ -439,8 +454,22 @@ def build_reranker(config: PipelineConfig, backend: Any = None) -> Any:
         config.kind, backend, load_style(config.reranker.prompt_style), k=config.k, window=config.window,
         stride=config.stride, constrained=bool(config.constrained), scorer=config.scorer,
         max_new_tokens=config.reranker_max_tokens, passage_words=config.passage_words or None,
-        buffer=config.buffer, threshold=config.threshold, max_drop=config.max_drop,
+        buffer=config.buffer, threshold=config.threshold, max_drop=config.max_drop, order_by=_order_scorer(config),
     )
+
+
+def _order_scorer(config: PipelineConfig) -> Any:
+    """The dynamic reranker's ``order_by``: query likelihood without a model of its own runs on
+    the reranker role's base model with the adapter off (the same loaded weights and dtype);
+    any other scorer is built by name."""
+    kind, _, model = (config.order_by or NONE).partition(":")
+    if config.kind != "dynamic" or kind == NONE:
+        return None
+    if kind == "query-likelihood" and not model and config.reranker.backend == "transformers":
+        from dynamicrag.rerank.pointwise import QueryLikelihoodScorer
+
+        return QueryLikelihoodScorer(role_backend(config.reranker.model_copy(update={"adapter": NONE})))
+    return config.order_by
 
 
 def build_generator(config: PipelineConfig, backend: Any = None) -> Any:

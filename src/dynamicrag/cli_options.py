@@ -328,7 +328,7 @@ def pipeline_options(*fields: str) -> OptionGroup:
     })
 
 
-ASK_METHOD = ("top_n", "constrained", "passage_words", "reranker_max_tokens", "answer_max_tokens")
+ASK_METHOD = ("top_n", "constrained", "passage_words", "order_by", "reranker_max_tokens", "answer_max_tokens")
 """The settings ``ask``, ``chat`` and ``serve`` take; ``infer`` takes every reranker's too."""
 
 
@@ -360,7 +360,8 @@ def resolve_pipeline(roles: dict[str, Any], fallbacks: dict[str, Any] | None = N
     Checked here, before any model loads (adapter folders, manifests, backend options), so a bad
     option fails at once wherever the stage then runs; ``fallbacks`` are the command's defaults
     for what neither the options nor the reranker adapter's manifest set. Prints each role's
-    adapter and the dtype its transformers backend runs in.
+    adapter, the candidate order of the dynamic reranker when it is not retrieval order, and the
+    dtype its transformers backend runs in.
     """
     from dynamicrag.build import LLM_RERANKERS, PipelineConfig, resolve_config, role_configs
 
@@ -370,6 +371,8 @@ def resolve_pipeline(roles: dict[str, Any], fallbacks: dict[str, Any] | None = N
             adapter = getattr(config, role).adapter
             if adapter != "none":
                 console.print(f"{role}: adapter {adapter}")
+        if config.kind == "dynamic" and config.order_by != "none":
+            console.print(f"reranker: candidates ordered by {config.order_by} first")
         announce_dtypes({role: {"name": getattr(config, role).backend, **getattr(config, role).backend_options}
                          for role in ("reranker", "generator") if role == "generator" or config.kind in LLM_RERANKERS})
     return config

@@ -72,3 +72,21 @@ def test_malformed_chunk_output_marks_the_selection_but_keeps_going():
     # call 0 is the first chunk (1..40): garbage; call 1 the second chunk finds 70 (local 30)
     sel = DynamicReranker(ScriptedBackend(outputs={0: "blah"}), window=40).select([ex])[0]
     assert sel.ids == [70] and not sel.well_formed and sel.error is None
+
+
+def test_order_by_shows_the_best_scored_passage_first_and_maps_its_ids_back():
+    from dynamicrag.rerank.pointwise import RetrieverScorer
+
+    scores = [0.1, 0.5, 0.9, 0.3]  # the scorer's order: passages 3, 2, 4, 1
+    ex = Example(id="q", question="which?", passages=[
+        Passage(id=f"p{p}", title=f"doc-{p}", text="filler text", score=s) for p, s in enumerate(scores, 1)])
+    backend = ScriptedBackend(outputs={0: "[1], [2]", 1: "[2]", 2: "[4]"})
+    reranker = DynamicReranker(backend, window=40, order_by=RetrieverScorer())
+    sel = reranker.select([ex])[0]
+    shown = backend.calls[0][-1]["content"]
+    assert shown.index("doc-3") < shown.index("doc-2") < shown.index("doc-4") < shown.index("doc-1")
+    assert sel.ids == [3, 2]  # the model's [1], [2] are the scorer's first two: passages 3 and 2
+    # Sampling (the DPO stage) reads the same order and maps back the same way.
+    assert [s.ids for s in reranker.sample([ex], n=1)[0]] == [[2]]
+    # Without a scorer the reranker reads the retriever's order, as in the paper.
+    assert DynamicReranker(ScriptedBackend(outputs={0: "[4]"}), window=40).select([ex])[0].ids == [4]

@@ -14,6 +14,7 @@ from dynamicrag.rerank.pointwise import (
     EmbeddingScorer,
     MonoT5Scorer,
     PointwiseReranker,
+    QueryLikelihoodScorer,
     make_scorer,
 )
 from dynamicrag.schema import Example, Passage
@@ -136,3 +137,41 @@ def test_embedding_scorer_ranks_the_nq_gold_passage_first(nq):
     hits = sum(ex.passages[s.ids[0] - 1].id == nq.gold_ids[int(ex.id)] for ex, s in zip(exs, sels))
     assert hits >= 6, f"gold ranked first for only {hits}/8 questions"
     assert all(s.calls == 10 for s in sels)
+
+
+def _gold_among_distractors(nq, seed: int, n: int) -> list[Example]:
+    """n NQ questions, each with its gold passage at a random place among 9 Wikipedia passages."""
+    rng = random.Random(seed)
+    n_gold = len(nq.gold_ids)
+    wiki = nq.passages[n_gold:]
+    exs = []
+    for q in rng.sample(range(n_gold), n):
+        distractors = rng.sample(wiki, 9)
+        gold_at = rng.randrange(10)
+        passages = distractors[:gold_at] + [nq.passages[q]] + distractors[gold_at:]
+        exs.append(Example(id=str(q), question=nq.questions[q], passages=passages))
+    return exs
+
+
+def test_query_likelihood_ranks_the_nq_gold_passage_first(nq, smollm):
+    """UPR with the bundled SmolLM2: the passage that makes the question likely is the gold one."""
+    exs = _gold_among_distractors(nq, seed=1, n=8)
+    sels = PointwiseReranker(QueryLikelihoodScorer(smollm), k=1).select(exs)
+    hits = sum(ex.passages[s.ids[0] - 1].id == nq.gold_ids[int(ex.id)] for ex, s in zip(exs, sels))
+    assert hits >= 7, f"gold ranked first for only {hits}/8 questions"  # 8/8 on seeds 0-2
+
+
+def test_query_likelihood_scores_the_question_as_a_question_and_needs_a_scoring_backend(smollm):
+    assert QueryLikelihoodScorer.as_question("who wrote hamlet") == " Who wrote hamlet?"
+    assert QueryLikelihoodScorer.as_question(" Who wrote Hamlet? ") == " Who wrote Hamlet?"
+    scorer = QueryLikelihoodScorer(smollm, passage_words=5)
+    # Only the first 5 words are read: a passage differing after them scores the same.
+    a, b = (Passage(id=i, title="Hamlet", text="Hamlet is a tragedy by William Shakespeare " + tail) for i, tail in
+            (("a", "written around 1600."), ("b", "about a Danish prince.")))
+    score_a, score_b = scorer.score("who wrote hamlet", [a, b])
+    assert score_a == pytest.approx(score_b) and score_a < 0
+    assert scorer.score("who wrote hamlet", []) == []
+    from fakes import ScriptedBackend
+
+    with pytest.raises(ValueError, match="needs a backend that scores continuations"):
+        QueryLikelihoodScorer(ScriptedBackend())

@@ -21,6 +21,7 @@ def test_shipped_recipe_config_loads_and_trains_the_reranker_on_training_slices(
     assert config.roles == ["reranker"] and config.teacher == "utility"
     assert config.nq_slice == [200, 2655] and config.hotpot_slice == [0, 70]
     assert config.passage_words and config.reward["match_weight"] > 0
+    assert config.order_by == "query-likelihood"  # the shipped adapter reads its candidates in that order
     assert config.sft_config(Path("runs/x")).save == "both"
 
 
@@ -35,6 +36,7 @@ def test_shipped_recipe_config_loads_and_trains_the_reranker_on_training_slices(
     ({"reward": {"length_weight": -1}}, "length_weight"),
     ({"roles": ["critic"]}, "roles"),
     ({"label": {"answer_form": "essay"}}, "answer_form"),
+    ({"order_by": "bm42"}, "order_by: unknown scorer 'bm42'"),
 ])
 def test_bad_configs_are_refused_naming_the_field(fields, message):
     with pytest.raises(ValueError, match=message):
@@ -60,7 +62,7 @@ def test_a_run_stored_before_a_field_existed_resumes_while_the_field_keeps_its_d
 
 
 TINY = {
-    "top_n": 3, "passage_words": 20, "label_nq": 3, "label_hotpot": 1, "dpo_pool": 2,
+    "top_n": 3, "passage_words": 20, "order_by": "query-likelihood", "label_nq": 3, "label_hotpot": 1, "dpo_pool": 2,
     "label": {"max_answers": 1, "top_m": 2},
     "sft_steps": 1,
     "sft": {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 1, "max_length": 512, "lora_r": 4,
@@ -96,6 +98,16 @@ def test_tiny_recipe_end_to_end_then_resumes_only_what_is_missing(shared_data, t
     labelled = [json.loads(line) for line in (out / "label" / "nq.jsonl").read_text().splitlines()]
     assert [r["id"] for r in labelled] == ["nq-open-oracle-201", "nq-open-oracle-202", "nq-open-oracle-203"]
     assert all("expert" in r["extra"] and len(r["passages"]) == 3 for r in labelled)
+    # order_by: the label stage wrote each question's candidates by query likelihood, the order
+    # every later stage reads them in (and, from the manifest, inference).
+    from dynamicrag.rerank.pointwise import make_scorer
+    from dynamicrag.schema import Example
+
+    scorer = make_scorer("query-likelihood")
+    for record in labelled:
+        example = Example.model_validate(record)
+        scores = scorer.score(example.question, example.passages)
+        assert scores == sorted(scores, reverse=True), record["id"]
     # The word cap reached the reranker's training prompts and the sampling.
     from dynamicrag.prompts import load_style, reranker_chat
     from dynamicrag.train import read_labelled
@@ -115,8 +127,8 @@ def test_tiny_recipe_end_to_end_then_resumes_only_what_is_missing(shared_data, t
     from dynamicrag.llm.adapters import read_manifest
 
     manifest = read_manifest(adapter)
-    assert (manifest.role, manifest.base_model, manifest.passage_words, manifest.top_n) == (
-        "reranker", "smollm2-135m-instruct", 20, 3)
+    assert (manifest.role, manifest.base_model, manifest.passage_words, manifest.top_n, manifest.order_by) == (
+        "reranker", "smollm2-135m-instruct", 20, 3, "query-likelihood")
     assert manifest.training["slices"] == {"nq": [200, 203], "hotpotqa": [0, 1]}
     assert manifest.training["command"].startswith("dynamicrag train recipe --config ")
     assert manifest.training["stages"].endswith("-> dpo")

@@ -102,6 +102,9 @@ class RerankerSpec(BaseModel):
     benchmarks: list[str] | None = Field(None, description="Run on these benchmarks only (default: all)")
     passage_words: int | None = Field(None, ge=0, description="Default: the reranker adapter's, else all (0)")
     adapter: str | None = Field(None, description="This row's reranker adapter (default: the reranker role's)")
+    order_by: str | None = Field(
+        None, description="dynamic: scorer that orders the candidates first (default: the adapter's, else none)"
+    )
 
     def model_post_init(self, _context) -> None:
         if self.kind not in RERANKERS + ORACLES:
@@ -191,7 +194,7 @@ class BenchmarkConfig(BaseModel):
         config = PipelineConfig(
             **roles, kind=spec.kind if spec.kind in RERANKERS else "none", k=spec.k, window=spec.window,
             stride=spec.stride, scorer=spec.scorer, buffer=spec.buffer, threshold=spec.threshold,
-            max_drop=spec.max_drop, constrained=spec.constrained, passage_words=spec.passage_words,
+            max_drop=spec.max_drop, constrained=spec.constrained, passage_words=spec.passage_words, order_by=spec.order_by,
             reranker_max_tokens=spec.max_new_tokens, answer_max_tokens=self.answer_max_tokens,
             generation=self.generation, top_n=bench.top_n,
             # From a corpus, every example retrieves (its own gold passage, if any, marks the

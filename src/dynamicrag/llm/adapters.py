@@ -39,6 +39,9 @@ class AdapterManifest(BaseModel):
     passage_words: int | None = Field(None, ge=1, description="Words shown per passage in the reranker prompt")
     top_n: int | None = Field(None, ge=1, description="Candidates per question in training")
     constrained: bool = Field(False, description="Decode the reranker under the id grammar by default")
+    order_by: str | None = Field(
+        None, description="Scorer that orders the candidates before the reranker reads them (None: retrieval order)"
+    )
     training: dict[str, Any] = Field(default_factory=dict, description="Slices, recipe command, configs")
     evaluation: dict[str, Any] = Field(default_factory=dict, description="Held-apart results")
     created: str | None = None

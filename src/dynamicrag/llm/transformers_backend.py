@@ -729,7 +729,7 @@ class TransformersBackend:
         return cache
 
     def loglikelihood(
-        self, chats: Sequence[Chat], continuations: Sequence[str], *, batch_size: int | None = None,
+        self, chats: Sequence[Chat | str], continuations: Sequence[str], *, batch_size: int | None = None,
         groups: Sequence[Hashable] | None = None, stats: dict[str, int] | None = None,
     ) -> list[float]:
         """Teacher-forced log-likelihood of each continuation as the start of the assistant's reply.
@@ -739,7 +739,8 @@ class TransformersBackend:
         :class:`_PrefixCache` is not used here).
 
         Args:
-            chats: Chat prompts (the chat template's assistant header is appended).
+            chats: Chat prompts (the chat template's assistant header is appended), or plain
+                strings, tokenized as they are (no template: a completion-style prompt).
             continuations: One text per chat, scored as the first tokens of the reply.
             batch_size: Sequences per forward pass (default: the backend's ``batch_size``).
             groups: A key per chat: chats with the same key (one question's prompts) share the
@@ -751,7 +752,8 @@ class TransformersBackend:
         """
         if len(chats) != len(continuations):
             raise ValueError(f"{len(chats)} chats but {len(continuations)} continuations")
-        prompts = [self.encode(chat) for chat in chats]
+        prompts = [self.tokenizer(chat, add_special_tokens=False)["input_ids"] if isinstance(chat, str) else self.encode(chat)
+                   for chat in chats]
         conts = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
         with self._lock, adapter_active(self.lm, self.adapter_name):  # this backend's adapter (or none)
             return continuation_loglikelihood(
@@ -775,6 +777,15 @@ class TransformersBackend:
             completion_tokens=len(tokens) + (1 if ended else 0),
             finish_reason=finish,
         )
+
+
+def clear_prefix_caches() -> None:
+    """Forget the cached prompt prefixes of every loaded model (as each backend's
+    :meth:`TransformersBackend.clear_prefix_cache`): the next calls encode their prefixes again,
+    as a fresh process would."""
+    with _MODELS_LOCK:
+        for cache in _PREFIX_CACHES.values():
+            cache.clear()
 
 
 # ---------------------------------------------------------------- teacher-forced scoring

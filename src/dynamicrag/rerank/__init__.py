@@ -43,6 +43,7 @@ def make_reranker(
     buffer: int = 0,
     threshold: float | None = None,
     max_drop: float | None = None,
+    order_by: Any = None,
 ) -> Any:
     """Build a reranker by name: the one place the CLI and the benchmark runner turn options
     into a reranker.
@@ -62,6 +63,8 @@ def make_reranker(
         buffer: ``adaptive-k``: extra passages kept below the largest score gap.
         threshold: ``threshold``: lowest score kept.
         max_drop: ``threshold``: largest drop from the top score kept, as a share of it.
+        order_by: ``dynamic``: a scorer, or a scorer's name (as ``scorer``), that orders the
+            candidates before the reranker reads them; None or ``"none"``: the retriever's order.
     """
     if kind not in RERANKERS:
         raise ValueError(f"unknown reranker {kind!r}; choose one of {sorted(RERANKERS)}")
@@ -90,9 +93,14 @@ def make_reranker(
         from dynamicrag.rerank.listwise import ListwiseReranker
 
         return ListwiseReranker(backend, k=k, window=window or 20, stride=stride, max_new_tokens=max_new_tokens)
+    order = None if order_by in (None, "none") else order_by
+    if isinstance(order, str):
+        from dynamicrag.rerank.pointwise import make_scorer
+
+        order = make_scorer(order)
     return DynamicReranker(
         backend, style or load_style("default"), window=window or 40,
-        max_new_tokens=max_new_tokens or 100, constrained=constrained, passage_words=passage_words,
+        max_new_tokens=max_new_tokens or 100, constrained=constrained, passage_words=passage_words, order_by=order,
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from dynamicrag.llm.base import Backend, SamplingParams
 from dynamicrag.prompts import PromptStyle, load_style, reranker_chat
@@ -36,6 +37,9 @@ class DynamicReranker:
             construction (worth it for models that were not trained on the format).
         passage_words: Show at most this many words of each passage (None: all); a trained
             reranker needs the cap it was trained with.
+        order_by: A pointwise :class:`~dynamicrag.rerank.pointwise.Scorer` that orders each
+            example's candidates before the reranker reads them (best first; ids still index
+            ``example.passages``). None: the retriever's order, as in the paper.
 
     References:
         Sun et al., DynamicRAG: Leveraging Outputs of Large Language Model as Feedback for
@@ -49,6 +53,7 @@ class DynamicReranker:
     temperature: float = 0.0
     constrained: bool = False
     passage_words: int | None = None
+    order_by: Any = None
 
     def __post_init__(self) -> None:
         if self.window < 2:
@@ -117,15 +122,26 @@ class DynamicReranker:
             )
         todo = [e for e, ex in enumerate(examples) if ex.passages]
         out = [[Selection() for _ in range(n)] for _ in examples]
-        sampled = self._call_n([(examples[e].question, list(examples[e].passages)) for e in todo], n, top_p, seed)
-        for e, sels in zip(todo, sampled):
+        orders = {e: self._order(examples[e]) for e in todo}
+        jobs = [(examples[e].question, [examples[e].passages[g] for g in orders[e]]) for e in todo]
+        for e, sels in zip(todo, self._call_n(jobs, n, top_p, seed)):
+            for sel in sels:
+                sel.ids = [orders[e][i - 1] + 1 for i in sel.ids]  # shown order -> example.passages
             out[e] = sels
         return out
+
+    def _order(self, example: Example) -> list[int]:
+        """0-based positions of the example's passages in the order the reranker reads them."""
+        if self.order_by is None:
+            return list(range(len(example.passages)))
+        from dynamicrag.rerank.cutoff import score_order
+
+        return score_order(self.order_by, example)[0]
 
     def select(self, examples: Sequence[Example]) -> list[Selection]:
         """Choose passages for each example; ``Selection.ids`` index ``example.passages``."""
         # candidates[e]: 0-based global positions still in the running for example e
-        candidates = [list(range(len(ex.passages))) for ex in examples]
+        candidates = [self._order(ex) for ex in examples]
         # tallies[e] gathers raw outputs, well-formedness and usage over all calls of example e
         tallies = [Selection() for _ in examples]
         raws: list[list[str]] = [[] for _ in examples]

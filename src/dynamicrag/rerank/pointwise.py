@@ -1,8 +1,9 @@
 """Pointwise baselines: score each (query, passage) pair on its own, then keep the top k.
 
 A scorer is anything with ``score(query, passages) -> list[float]`` (higher is more relevant).
-Three are provided: a monoT5-style yes/no scorer (seq2seq or causal LM), a sentence-transformers
-cross-encoder, and the offline default, cosine similarity under the bundled all-MiniLM-L6-v2.
+Provided: a monoT5-style yes/no scorer (seq2seq or causal LM), a sentence-transformers
+cross-encoder, query likelihood under a causal LM (UPR), the retriever's own scores, and the
+offline default, cosine similarity under the bundled all-MiniLM-L6-v2.
 
 Example:
     >>> reranker = PointwiseReranker(make_scorer("embedding"), k=5)
@@ -212,6 +213,63 @@ def _single_token(tokenizer: Any, word: str) -> int:
     return ids[0]
 
 
+QUERY_LIKELIHOOD_PROMPT = load_prompt("query_likelihood", {"prompt": {"passage"}})["prompt"]
+
+
+class QueryLikelihoodScorer:
+    """Query likelihood (UPR): how likely a causal LM finds the question after the passage.
+
+    The score of a passage is the mean log-probability per token of the question (written as
+    a question: capitalised, ending in "?") after ``prompts/query_likelihood.yaml`` filled with
+    the passage's title and text. One teacher-forced forward pass per batch of passages, no
+    decoding. With the generator's own model it measures which passage that model connects to
+    the question, without knowing the answer.
+
+    Args:
+        backend: A backend with ``loglikelihood(prompts, continuations)`` (the transformers
+            backend); its adapter, if any, is on while scoring, so pass the base model's.
+        passage_words: Words of each passage's text read (None: all).
+        batch_size: Passages per forward pass (None: the backend's).
+
+    References:
+        Sachan et al., Improving Passage Retrieval with Zero-Shot Question Generation, EMNLP 2022.
+    """
+
+    def __init__(self, backend: Any, *, passage_words: int | None = 100, batch_size: int | None = None) -> None:
+        if not hasattr(backend, "loglikelihood"):
+            raise ValueError(
+                f"the query-likelihood scorer needs a backend that scores continuations (transformers); "
+                f"{type(backend).__name__} does not"
+            )
+        if passage_words is not None and passage_words < 1:
+            raise ValueError(f"passage_words must be >= 1 or None, got {passage_words}")
+        self.backend, self.passage_words, self.batch_size = backend, passage_words, batch_size
+
+    def _prompt(self, passage: Passage) -> str:
+        words = passage.text.split()
+        text = " ".join(words[: self.passage_words] if self.passage_words else words)
+        return QUERY_LIKELIHOOD_PROMPT.format(passage=f"{passage.title}. {text}" if passage.title else text)
+
+    @staticmethod
+    def as_question(query: str) -> str:
+        """``" Who wrote X?"``: the query as the prompt's continuation (NQ's are lower case, no "?")."""
+        query = query.strip()
+        if not query:
+            raise ValueError("the query-likelihood scorer needs a non-empty question")
+        return " " + query[0].upper() + query[1:] + ("" if query.endswith("?") else "?")
+
+    def score(self, query: str, passages: Sequence[Passage]) -> list[float]:
+        """Mean log-probability per question token, per passage, in input order."""
+        if not passages:
+            return []
+        question = self.as_question(query)
+        tokens = len(self.backend.tokenizer(question, add_special_tokens=False)["input_ids"])
+        lls = self.backend.loglikelihood(
+            [self._prompt(p) for p in passages], [question] * len(passages), batch_size=self.batch_size
+        )
+        return [ll / tokens for ll in lls]
+
+
 class CrossEncoderScorer:
     """A sentence-transformers :class:`~sentence_transformers.CrossEncoder` on (query, passage).
 
@@ -298,11 +356,19 @@ def _causal(model: str) -> MonoT5Scorer:
     return MonoT5Scorer(backend.lm, backend.tokenizer)  # type: ignore[attr-defined]
 
 
+def _query_likelihood(model: str) -> QueryLikelihoodScorer:
+    from dynamicrag.llm import load_backend
+
+    # The base model (no adapter), sharing the weights the roles have loaded.
+    return QueryLikelihoodScorer(load_backend("transformers", model or None))
+
+
 SCORERS: dict[str, Callable[[str], Scorer]] = {
     "embedding": lambda arg: EmbeddingScorer(arg or None),
     "monot5": lambda arg: MonoT5Scorer(arg or DEFAULT_MONOT5),
     "cross-encoder": lambda arg: CrossEncoderScorer(arg or DEFAULT_CROSS_ENCODER),
     "causal": _causal,
+    "query-likelihood": _query_likelihood,
     "retriever": lambda arg: RetrieverScorer(),
 }
 """Scorer kind -> factory taking the model part of ``"kind:model"`` ("" when absent)."""
@@ -313,8 +379,8 @@ def make_scorer(name_or_path: str = "embedding") -> Scorer:
 
     Kinds: ``embedding[:encoder]`` (bundled all-MiniLM-L6-v2 by default),
     ``monot5[:model]`` (castorini/monot5-base-msmarco), ``cross-encoder[:model]``
-    (cross-encoder/ms-marco-MiniLM-L6-v2), ``causal[:model]`` (the bundled SmolLM2),
-    ``retriever`` (the scores the retriever gave, ``Passage.score``).
+    (cross-encoder/ms-marco-MiniLM-L6-v2), ``causal[:model]`` (the bundled SmolLM2, yes/no),
+    ``query-likelihood[:model]`` (UPR with the bundled SmolLM2), ``retriever`` (the scores the retriever gave, ``Passage.score``).
 
     Raises:
         ValueError: Unknown kind (the message lists the known ones).
@@ -332,6 +398,7 @@ __all__ = [
     "EmbeddingScorer",
     "MonoT5Scorer",
     "PointwiseReranker",
+    "QueryLikelihoodScorer",
     "RetrieverScorer",
     "SCORERS",
     "Scorer",

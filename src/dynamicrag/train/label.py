@@ -68,6 +68,7 @@ from pydantic import ValidationError
 from dynamicrag.data import DataError, read_jsonl
 from dynamicrag.evaluate.normalize import contains_answer, normalize_answer
 from dynamicrag.isolation import error_text, run_isolated
+from dynamicrag.rerank.cutoff import score_order
 from dynamicrag.rerank.pointwise import SCORERS, Scorer, make_scorer
 from dynamicrag.schema import Example, Passage
 from dynamicrag.train.utility import (
@@ -134,6 +135,12 @@ class LabelConfig:
         metadata={"help": "Passages kept and labelled per example (the first top_n in retrieval order); "
                   "they are the candidates of the reranker's training prompt"},
     )
+    order_by: str | None = field(
+        default=None,
+        metadata={"help": "A scorer (as --scorer of infer, e.g. query-likelihood) that orders the top_n candidates "
+                  "before labelling: the order the reranker's training prompt shows them in, and the one its "
+                  "inference must use (null: retrieval order)"},
+    )
     rule: LabelRule | None = field(
         default=None,
         metadata={"help": "teacher_and_answer | teacher (the paper) | answer | teacher_or_answer; default: "
@@ -182,6 +189,8 @@ class LabelConfig:
             ) from None
         if self.top_n < 1:
             raise ValueError(f"top_n must be >= 1, got {self.top_n}")
+        if self.order_by not in (None, "none") and str(self.order_by).partition(":")[0] not in SCORERS:
+            raise ValueError(f"order_by: unknown scorer {self.order_by!r}; use one of {sorted(SCORERS)} or null")
         defaults = TEACHER_DEFAULTS.get(kind)
         if defaults is None and self.threshold is None:
             raise ValueError(f"threshold: no default for scorer kind {kind!r}; set one")
@@ -347,6 +356,12 @@ def label_examples(examples: Iterable[Example], scorer: Teacher, config: LabelCo
     return out
 
 
+def ordered_candidates(example: Example, scorer: Scorer, top_n: int) -> Example:
+    """A copy of ``example`` with its first ``top_n`` passages, best scored first (``order_by``)."""
+    shown = example.model_copy(update={"passages": example.passages[:top_n]})
+    return shown.model_copy(update={"passages": [shown.passages[i] for i in score_order(scorer, shown)[0]]})
+
+
 def label_batch_fn(config: LabelConfig, index_dir: str | None, retrieve: bool) -> Callable[[list[Example]], list[dict]]:
     """The batch function of ``dynamicrag label`` (see :mod:`dynamicrag.executors`): the teacher
     and the index load here, once per worker; each batch gets its candidates (its own first
@@ -356,9 +371,13 @@ def label_batch_fn(config: LabelConfig, index_dir: str | None, retrieve: bool) -
 
     teacher = make_teacher(config)
     retriever = load_index(index_dir) if index_dir else None
+    order = None if config.order_by in (None, "none") else make_scorer(config.order_by)
 
     def label_batch(batch: list[Example]) -> list[dict]:
-        labelled = label_examples(with_passages(batch, retriever, config.top_n, retrieve), teacher, config)
+        batch = with_passages(batch, retriever, config.top_n, retrieve)
+        if order is not None:
+            batch = [ordered_candidates(ex, order, config.top_n) for ex in batch]
+        labelled = label_examples(batch, teacher, config)
         return [ex.model_dump(mode="json") for ex in labelled]
 
     return label_batch

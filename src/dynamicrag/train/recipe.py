@@ -23,7 +23,9 @@ refused (a stage would otherwise mix outputs of two settings): use a new ``--out
 Questions: training slices come from NQ 200-2654 and HotpotQA 0-69; NQ 0-199 and HotpotQA
 70-99 are held apart for evaluation (:data:`HELD_APART`), and a config whose training slices
 overlap them is refused. The reranker prompt's per-passage word cap (``passage_words``) is the
-same in prepare, sample and evaluation, and goes into the manifest so that inference uses it.
+same in prepare, sample and evaluation, and goes into the manifest so that inference uses it;
+so does the candidate order (``order_by``: the label stage orders each question's candidates,
+and every later stage reads them in that order).
 
 Example:
     >>> config = load_recipe_config("src/dynamicrag/train/configs/recipe_smollm2.yaml")  # doctest: +SKIP
@@ -57,7 +59,7 @@ HELD_APART: dict[str, tuple[int, int]] = {"nq": (0, 200), "hotpotqa": (70, 100)}
 
 # Fields of the stage configs that the recipe sets itself (a config may not set them).
 _RECIPE_OWNED = {
-    "label": {"scorer", "top_n", "prompt_style"},
+    "label": {"scorer", "top_n", "prompt_style", "order_by"},
     "sft": {"train_file", "output_dir", "model", "max_steps", "roles", "save"},
     "dpo": {"train_file", "output_dir", "model", "adapter", "max_steps", "roles", "save"},
     "reward": set(),
@@ -80,6 +82,12 @@ class RecipeConfig:
     top_n: int = field(default=10, metadata={"help": "Candidates per question (BM25 top-N for NQ)."})
     passage_words: int | None = field(
         default=None, metadata={"help": "Words shown per passage in the reranker prompt (null: all); same at inference."}
+    )
+    order_by: str | None = field(
+        default=None,
+        metadata={"help": "Scorer that orders each question's candidates before the reranker reads them (e.g. "
+                  "query-likelihood), in labelling and every later stage; stored in the manifest, so inference "
+                  "uses it too (null: retrieval order)."},
     )
     nq_slice: list[int] = field(default_factory=lambda: [200, 2655], metadata={"help": "NQ training slice [start, end)."})
     hotpot_slice: list[int] = field(default_factory=lambda: [0, 70], metadata={"help": "HotpotQA training slice."})
@@ -175,7 +183,15 @@ class RecipeConfig:
     def label_config(self) -> Any:
         from dynamicrag.train.label import LabelConfig
 
-        return LabelConfig(scorer=self.teacher, top_n=self.top_n, prompt_style=self.prompt_style, **self.label)
+        return LabelConfig(scorer=self.teacher, top_n=self.top_n, prompt_style=self.prompt_style,
+                           order_by=self.order_scorer(), **self.label)
+
+    def order_scorer(self) -> str | None:
+        """``order_by`` for the stages: query likelihood on this recipe's base model (the
+        manifest keeps the bare name, which inference runs on the reranker role's base)."""
+        if self.order_by == "query-likelihood" and self.model:
+            return f"query-likelihood:{self.model}"
+        return self.order_by
 
     def sft_config(self, out: Path) -> Any:
         from dynamicrag.train.sft import SFTRunConfig
@@ -516,7 +532,7 @@ class Recipe:
         adapter = self.trained_adapter()
         generator = Generator(self.role_backend("generator", adapter), style, max_new_tokens=c.answer_tokens)
         reranker = self.role_backend("reranker", adapter)
-        rows = {"dynamic": make_reranker("dynamic", reranker, style, passage_words=c.passage_words)}
+        rows = {"dynamic": make_reranker("dynamic", reranker, style, passage_words=c.passage_words, order_by=c.order_scorer())}
         rows.update({f"top-{k}": make_reranker("topk", reranker, style, k=k) for k in c.eval_fixed_k})
         benches = {
             "nq": (load_examples(self.data / c.nq_file, task="nq", skip=HELD_APART["nq"][0], limit=c.eval_nq),
@@ -573,6 +589,7 @@ class Recipe:
             passage_words=c.passage_words,
             top_n=c.top_n,
             constrained=False,
+            order_by=c.order_by,
             training={
                 "command": self.command,
                 "slices": {"nq": [c.nq_slice[0], c.nq_slice[0] + c.label_nq],
