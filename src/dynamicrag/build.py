@@ -351,10 +351,12 @@ def resolve_config(config: PipelineConfig, *, top_n: int | None = 40, constraine
     top_n = config.top_n or (manifest.top_n if manifest else None) or top_n
     order_by = config.order_by or (manifest.order_by if manifest else None) or NONE
     if order_by != NONE:
-        from dynamicrag.rerank.pointwise import SCORERS
+        from dynamicrag.rerank.pointwise import check_scorer
 
-        if order_by.partition(":")[0] not in SCORERS:
-            raise ValueError(f"order_by: unknown scorer {order_by!r}; use one of {sorted(SCORERS)} or 'none'")
+        try:
+            check_scorer(order_by)
+        except ValueError as err:
+            raise ValueError(f"order_by: {err}, or 'none'") from None
     return config.model_copy(update={
         "reranker": reranker, "generator": generator, "constrained": constrained,
         "passage_words": passage_words, "top_n": top_n, "order_by": order_by,

@@ -13,12 +13,15 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from dynamicrag.llm.base import Backend, SamplingParams
 from dynamicrag.prompts import PromptStyle, load_style, reranker_chat
 from dynamicrag.rerank.parse import parse_selection
 from dynamicrag.schema import Example, Passage, Selection
+
+if TYPE_CHECKING:
+    from dynamicrag.rerank.pointwise import Scorer
 
 RAW_SEPARATOR = " || "  # joins the raw outputs of the calls of one top-N reduction
 
@@ -53,7 +56,7 @@ class DynamicReranker:
     temperature: float = 0.0
     constrained: bool = False
     passage_words: int | None = None
-    order_by: Any = None
+    order_by: Scorer | None = None
 
     def __post_init__(self) -> None:
         if self.window < 2:

@@ -385,12 +385,21 @@ def make_scorer(name_or_path: str = "embedding") -> Scorer:
     Raises:
         ValueError: Unknown kind (the message lists the known ones).
     """
-    kind, _, arg = name_or_path.partition(":")
-    if kind not in SCORERS:
+    kind, _, arg = check_scorer(name_or_path).partition(":")
+    return SCORERS[kind](arg.strip())
+
+
+def check_scorer(name_or_path: str) -> str:
+    """``name_or_path`` unchanged when its kind is one of :data:`SCORERS` (nothing is loaded).
+
+    Raises:
+        ValueError: Unknown kind (the message lists the known ones).
+    """
+    if name_or_path.partition(":")[0] not in SCORERS:
         raise ValueError(
             f"unknown scorer {name_or_path!r}; use one of {sorted(SCORERS)}, optionally as 'kind:model'"
         )
-    return SCORERS[kind](arg.strip())
+    return name_or_path
 
 
 __all__ = [
@@ -402,5 +411,6 @@ __all__ = [
     "RetrieverScorer",
     "SCORERS",
     "Scorer",
+    "check_scorer",
     "make_scorer",
 ]

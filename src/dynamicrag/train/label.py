@@ -69,7 +69,7 @@ from dynamicrag.data import DataError, read_jsonl
 from dynamicrag.evaluate.normalize import contains_answer, normalize_answer
 from dynamicrag.isolation import error_text, run_isolated
 from dynamicrag.rerank.cutoff import score_order
-from dynamicrag.rerank.pointwise import SCORERS, Scorer, make_scorer
+from dynamicrag.rerank.pointwise import SCORERS, Scorer, check_scorer, make_scorer
 from dynamicrag.schema import Example, Passage
 from dynamicrag.train.utility import (
     ANSWER_FORMS,
@@ -189,8 +189,11 @@ class LabelConfig:
             ) from None
         if self.top_n < 1:
             raise ValueError(f"top_n must be >= 1, got {self.top_n}")
-        if self.order_by not in (None, "none") and str(self.order_by).partition(":")[0] not in SCORERS:
-            raise ValueError(f"order_by: unknown scorer {self.order_by!r}; use one of {sorted(SCORERS)} or null")
+        if self.order_by not in (None, "none"):
+            try:
+                check_scorer(str(self.order_by))
+            except ValueError as err:
+                raise ValueError(f"order_by: {err}, or null") from None
         defaults = TEACHER_DEFAULTS.get(kind)
         if defaults is None and self.threshold is None:
             raise ValueError(f"threshold: no default for scorer kind {kind!r}; set one")
