@@ -36,6 +36,7 @@ def test_shipped_recipe_config_loads_and_trains_the_reranker_on_training_slices(
     ({"reward": {"length_weight": -1}}, "length_weight"),
     ({"roles": ["critic"]}, "roles"),
     ({"label": {"answer_form": "essay"}}, "answer_form"),
+    ({"label": {"expert": "suffix"}}, "expert: unknown rule"),
     ({"order_by": "bm42"}, "order_by: unknown scorer 'bm42'"),
 ])
 def test_bad_configs_are_refused_naming_the_field(fields, message):
@@ -63,7 +64,7 @@ def test_a_run_stored_before_a_field_existed_resumes_while_the_field_keeps_its_d
 
 TINY = {
     "top_n": 3, "passage_words": 20, "order_by": "query-likelihood", "label_nq": 3, "label_hotpot": 1, "dpo_pool": 2,
-    "label": {"max_answers": 1, "top_m": 2},
+    "label": {"max_answers": 1, "top_m": 2, "expert": "prefix"},
     "sft_steps": 1,
     "sft": {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 1, "max_length": 512, "lora_r": 4,
             "lora_alpha": 8, "learning_rate": 1e-3, "save_steps": 1, "logging_steps": 1},
@@ -108,6 +109,9 @@ def test_tiny_recipe_end_to_end_then_resumes_only_what_is_missing(shared_data, t
         example = Example.model_validate(record)
         scores = scorer.score(example.question, example.passages)
         assert scores == sorted(scores, reverse=True), record["id"]
+        # expert: prefix, so the teacher's list is the first k of that order.
+        expert = record["extra"]["expert"]
+        assert expert == list(range(1, len(expert) + 1)) and record["extra"]["utility"]["expert_rule"] == "prefix"
     # The word cap reached the reranker's training prompts and the sampling.
     from dynamicrag.prompts import load_style, reranker_chat
     from dynamicrag.train import read_labelled

@@ -9,7 +9,14 @@ import pytest
 from dynamicrag.schema import Example, Passage
 from dynamicrag.train.label import LabelConfig, label_examples, make_teacher
 from dynamicrag.train.trajectories import reranker_target_ids
-from dynamicrag.train.utility import ExpertSearch, UtilityTeacher, answer_texts, build_expert, tie_order
+from dynamicrag.train.utility import (
+    ExpertSearch,
+    UtilityTeacher,
+    answer_texts,
+    build_expert,
+    prefix_expert,
+    tie_order,
+)
 
 
 def joint(table: dict[tuple[int, ...], float]):
@@ -131,6 +138,50 @@ def test_prepare_honours_an_explicit_order_against_the_scores_and_none():
         reranker_target_ids(bad, max_k=5)
 
 
+def test_prefix_rule_keeps_as_many_shown_passages_as_pay_the_margin_each():
+    # LL: none -6; prefixes of 1, 2, 3 passages: -5.9, -2.0, -1.8. Margin 0.5 per passage:
+    # -6, -6.4, -3.0, -3.3 -> two passages, though the first alone adds only 0.1.
+    assert prefix_expert(-6.0, [-5.9, -2.0, -1.8], margin=0.5) == 2
+    assert prefix_expert(-6.0, [-5.9, -2.0, -1.8], margin=0.0) == 3
+    assert prefix_expert(-1.0, [-1.2, -3.0], margin=0.5) == 0  # no prefix beats no passage: None
+    assert prefix_expert(-6.0, [-5.0, -4.5], margin=0.5) == 1  # a tie (-5.5 both) goes to the shorter list
+    assert prefix_expert(-6.0, [], margin=0.5) == 0
+    with pytest.raises(ValueError, match="margin"):
+        prefix_expert(-6.0, [-1.0], margin=-1)
+
+
+def test_prefix_labels_keep_the_shown_order_and_stop_where_the_answer_is_reached():
+    # alpha (shown first) barely helps alone, beta holds the answer, gamma only dilutes it.
+    backend = TableBackend({(): -6.0, ("alpha",): -5.9, ("beta",): -2.0, ("gamma",): -6.5,
+                            ("alpha", "beta"): -2.2, ("alpha", "beta", "gamma"): -2.4, ("beta", "alpha"): -2.1})
+    config = LabelConfig(scorer="utility", top_n=3, threshold=0.5, expert="prefix")
+    teacher = make_teacher_on(backend, config)
+    [labelled] = label_examples([example()], teacher, config)
+    # Best-first would write [2] (beta alone); the prefix rule keeps the shown order: [1], [2].
+    assert labelled.extra["expert"] == [1, 2]
+    assert [p.extra["teacher_relevant"] for p in labelled.passages] == [True, True, False]
+    assert labelled.extra["utility"]["expert_rule"] == "prefix"
+    assert labelled.extra["utility"]["expert_ll"] == pytest.approx(-2.2)
+    steps = labelled.extra["utility"]["steps"]
+    assert [s["passage"] for s in steps] == [1, 2, 3] and [s["kept"] for s in steps] == [True, True, False]
+    assert reranker_target_ids(labelled, max_k=5) == [1, 2]
+    # The first passage of the shown order alone is pass 1's single: no second call for it.
+    assert backend.calls == 2
+    # max_k caps the prefixes tried.
+    capped = LabelConfig(scorer="utility", top_n=3, threshold=0.5, expert="prefix", top_m=1)
+    [one] = label_examples([example()], make_teacher_on(TableBackend(backend.table), capped), capped)
+    assert one.extra["expert"] == []  # alpha alone adds 0.1 < 0.5
+    best_first = LabelConfig(scorer="utility", top_n=3, threshold=0.5)
+    [other] = label_examples([example()], make_teacher_on(TableBackend(backend.table), best_first), best_first)
+    assert other.extra["expert"] == [2]
+
+
+def make_teacher_on(backend, config: LabelConfig) -> UtilityTeacher:
+    """The teacher make_teacher builds from ``config``, on a table backend."""
+    return UtilityTeacher(backend, margin=config.threshold, tie_margin=config.tie_margin, max_k=config.top_m,
+                          answer_form=config.answer_form, max_answers=config.max_answers, expert=config.expert)
+
+
 def test_utility_config_defaults_and_errors():
     config = LabelConfig(scorer="utility")
     assert (config.threshold, config.top_m, config.rule.value) == (1.0, 5, "teacher")
@@ -139,6 +190,10 @@ def test_utility_config_defaults_and_errors():
         LabelConfig(scorer="utility", answer_form="essay")
     with pytest.raises(ValueError, match="scorer"):
         LabelConfig(scorer="oracle")
+    with pytest.raises(ValueError, match="expert: unknown rule 'suffix'"):
+        LabelConfig(scorer="utility", expert="suffix")
+    with pytest.raises(ValueError, match="expert"):
+        UtilityTeacher(TableBackend({}), expert="suffix")
     with pytest.raises(ValueError, match="cannot"):
         UtilityTeacher(object())
     with pytest.raises(ValueError, match="example 'q1': no gold answer"):
@@ -199,6 +254,7 @@ def test_label_command_with_the_utility_teacher(shared_data, tmp_path, smollm):
     result = CliRunner().invoke(app, [
         "label", "--input", str(shared_data / "hotpotqa" / "hotpotqa_train.json"), "--output", str(out),
         "--limit", "1", "--top-n", "3", "--scorer", "utility", "--max-answers", "1", "--tie-margin", "0.2",
+        "--expert", "prefix",
     ])
     assert result.exit_code == 0, result.output
     assert "utility teacher" in result.output and "tokens run" in result.output
@@ -206,3 +262,4 @@ def test_label_command_with_the_utility_teacher(shared_data, tmp_path, smollm):
     assert record["extra"]["label_rule"] == "teacher" and record["extra"]["utility"]["tie_margin"] == 0.2
     expert = record["extra"]["expert"]
     assert [p["extra"]["teacher_relevant"] for p in record["passages"]] == [i + 1 in expert for i in range(3)]
+    assert expert == list(range(1, len(expert) + 1)) and record["extra"]["utility"]["expert_rule"] == "prefix"

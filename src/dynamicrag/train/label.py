@@ -75,6 +75,7 @@ from dynamicrag.train.utility import (
     ANSWER_FORMS,
     DEFAULT_MARGIN,
     DEFAULT_TIE_MARGIN,
+    EXPERT_RULES,
     UtilityResult,
     UtilityTeacher,
 )
@@ -174,6 +175,12 @@ class LabelConfig:
     max_answers: int = field(
         default=3, metadata={"help": "utility: most gold answers scored per question (log-sum-exp of their likelihoods)"}
     )
+    expert: str = field(
+        default="best-first",
+        metadata={"help": "utility: how the expert list is built: best-first (by utility, while each passage adds "
+                  "the margin) | prefix (the candidates' order kept, as many as pay the margin each: with "
+                  "order_by, teaches when to stop over that order)"},
+    )
 
     def __post_init__(self) -> None:
         kind = self.kind
@@ -213,6 +220,8 @@ class LabelConfig:
             raise ValueError(f"answer_form: unknown form {self.answer_form!r}; use one of {sorted(ANSWER_FORMS)}")
         if self.max_answers < 1:
             raise ValueError(f"max_answers must be >= 1, got {self.max_answers}")
+        if self.expert not in EXPERT_RULES:
+            raise ValueError(f"expert: unknown rule {self.expert!r}; use one of {list(EXPERT_RULES)}")
 
     @property
     def kind(self) -> str:
@@ -235,7 +244,7 @@ def make_teacher(config: LabelConfig) -> Teacher:
     return UtilityTeacher(
         load_backend("transformers", model), config.prompt_style, margin=config.threshold,  # type: ignore[arg-type]
         tie_margin=config.tie_margin, max_k=config.top_m, answer_form=config.answer_form,  # type: ignore[arg-type]
-        max_answers=config.max_answers,
+        max_answers=config.max_answers, expert=config.expert,
     )
 
 
@@ -320,6 +329,7 @@ def utility_labelled(example: Example, result: UtilityResult, config: LabelConfi
             "none_ll": result.none_ll, "expert_ll": result.expert_ll, "answers": result.answers,
             "steps": result.steps, "cost": result.cost, "answer_form": config.answer_form,
             "margin": config.threshold, "tie_margin": config.tie_margin, "model": config.scorer,
+            "expert_rule": config.expert,
         },
     }
     return _labelled(example, passages, result.utilities, [i in expert for i in range(len(passages))], config, extra)

@@ -25,6 +25,15 @@ one passage at a time, in that order, while the next passage raises the likeliho
 gold answer given the passages so far (in the list's order, as the generator will see them)
 by more than ``margin``, up to ``max_k`` passages.
 
+The ``prefix`` expert rule (``expert="prefix"``) keeps the order the candidates are shown in
+(retrieval order, or a scorer's order when the label stage orders them first: ``order_by``)
+and chooses only how many to keep: the k in 0..max_k that maximises ``LL(p_1..p_k) - margin * k``
+(the smallest such k on ties), so each passage of the prefix must pay for itself in the gold
+answer's likelihood, passages that only dilute it are cut, and a prefix may pass through a
+passage that does not help on its own to reach one that does. It teaches the stopping decision
+(the method's dynamic k) over an order that is already good, where the best-first rule asks a
+reranker to reorder, which a 135M reranker did not learn (experiments/utility_reranker/).
+
 Why these defaults (NQ training questions 200-223, BM25 top-10 over the 3.6k-passage corpus,
 the bundled SmolLM2 as generator, 2026-12-02):
 
@@ -78,6 +87,8 @@ ANSWER_FORMS: dict[str, str] = {
 
 DEFAULT_MARGIN = 1.0
 """Nats a passage must add (alone over no passage, or over the passages before it)."""
+EXPERT_RULES = ("best-first", "prefix")
+"""How the expert list is built: by utility, best first; or as a prefix of the shown order."""
 DEFAULT_TIE_MARGIN = 0.1
 """Utilities closer than this are a tie, broken toward retrieval order."""
 
@@ -185,6 +196,23 @@ def build_expert(
     return search.expert
 
 
+def prefix_expert(none_ll: float, prefix_ll: Sequence[float], margin: float = DEFAULT_MARGIN) -> int:
+    """How many of the shown passages the ``prefix`` rule keeps.
+
+    Args:
+        none_ll: LL of the gold answer without passages.
+        prefix_ll: LL given the first 1, 2, ... passages, in the order shown.
+        margin: Nats each kept passage costs.
+
+    Returns:
+        The k in ``0..len(prefix_ll)`` maximising ``LL_k - margin * k``; the smallest on ties.
+    """
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    values = [none_ll, *prefix_ll]
+    return max(range(len(values)), key=lambda k: (values[k] - margin * k, -k))
+
+
 def answer_texts(answers: Sequence[str], form: str = "phrase", max_answers: int = 3) -> list[str]:
     """The gold answers to score: whitespace-normalised, de-duplicated (case-insensitively), capped.
 
@@ -230,6 +258,8 @@ class UtilityTeacher:
         max_k: Most passages in an expert list (0: no cap).
         answer_form: ``phrase`` or ``sentence`` (see the module docstring).
         max_answers: Most gold answers scored per question.
+        expert: ``best-first`` (the passages by utility, growing while each adds ``margin``)
+            or ``prefix`` (the shown order kept, k chosen by :func:`prefix_expert`).
         batch_size: Sequences per forward pass; one question's prompts share a batch and the
             encoding of their common prefix (system prompt, task line, query). On this CPU 4 ran
             faster than 1, 2, 6 or 8 (larger batches pad more and attend over a repeated prefix).
@@ -238,7 +268,7 @@ class UtilityTeacher:
     def __init__(
         self, backend: Any, style: PromptStyle | str = "default", *, margin: float = DEFAULT_MARGIN,
         tie_margin: float = DEFAULT_TIE_MARGIN, max_k: int = 5, answer_form: str = "phrase", max_answers: int = 3,
-        batch_size: int = 4,
+        expert: str = "best-first", batch_size: int = 4,
     ) -> None:
         if not hasattr(backend, "loglikelihood"):
             raise ValueError(
@@ -249,7 +279,10 @@ class UtilityTeacher:
             raise ValueError(f"answer_form: unknown form {answer_form!r}; use one of {sorted(ANSWER_FORMS)}")
         if max_answers < 1:
             raise ValueError(f"max_answers must be >= 1, got {max_answers}")
+        if expert not in EXPERT_RULES:
+            raise ValueError(f"expert: unknown rule {expert!r}; use one of {list(EXPERT_RULES)}")
         self.backend = backend
+        self.expert = expert
         self.style = load_style(style) if isinstance(style, str) else style
         self.options = {"margin": margin, "tie_margin": tie_margin, "max_k": max_k}
         ExpertSearch(0.0, [], **self.options)  # checks the options now, not at the first example
@@ -305,6 +338,8 @@ class UtilityTeacher:
             n = len(ex.passages)
             searches.append(ExpertSearch(lls[at], lls[at + 1: at + 1 + n], **self.options))
             at += 1 + n
+        if self.expert == "prefix":
+            return self._prefix_results(examples, searches, answers, cost)
         # Then one step of every unfinished list per batched call.
         while todo := [(e, s.pending) for e, s in enumerate(searches) if s.pending is not None]:
             for (e, _), ll in zip(todo, self._joint(todo, examples, answers, cost)):
@@ -317,6 +352,24 @@ class UtilityTeacher:
             for e, s in enumerate(searches)
         ]
 
+    def _prefix_results(self, examples: Sequence[Example], searches: Sequence[ExpertSearch],
+                        answers: Sequence[list[str]], cost: list[dict[str, float]]) -> list[UtilityResult]:
+        """The ``prefix`` rule's lists: every prefix of 2..max_k shown passages scored in one
+        batched call (the prefix of 1 is pass 1's first passage alone)."""
+        limits = [min(len(ex.passages), self.options["max_k"] or len(ex.passages)) for ex in examples]
+        jobs = [(e, list(range(k))) for e, top in enumerate(limits) for k in range(2, top + 1)]
+        lls = iter(self._joint(jobs, examples, answers, cost) if jobs else [])
+        results = []
+        for e, (s, top) in enumerate(zip(searches, limits)):
+            values = [s.none_ll] + ([s.none_ll + s.utilities[0]] if top else []) + [next(lls) for _ in range(2, top + 1)]
+            k = prefix_expert(values[0], values[1:], self.options["margin"])
+            steps = [{"passage": j, "gain": values[j] - values[j - 1], "kept": j <= k} for j in range(1, top + 1)]
+            results.append(UtilityResult(
+                utilities=s.utilities, expert=list(range(k)), none_ll=s.none_ll, expert_ll=values[k],
+                answers=answers[e], steps=steps, cost=cost[e],
+            ))
+        return results
+
 
 def _logsumexp(values: Sequence[float]) -> float:
     top = max(values)
@@ -327,10 +380,12 @@ __all__ = [
     "ANSWER_FORMS",
     "DEFAULT_MARGIN",
     "DEFAULT_TIE_MARGIN",
+    "EXPERT_RULES",
     "ExpertSearch",
     "UtilityResult",
     "UtilityTeacher",
     "answer_texts",
     "build_expert",
+    "prefix_expert",
     "tie_order",
 ]

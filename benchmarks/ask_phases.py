@@ -1,0 +1,113 @@
+"""Where the seconds of a warm ``dynamicrag ask`` go, phase by phase.
+
+    python benchmarks/ask_phases.py                 # 3 fresh processes, the default ask
+    python benchmarks/ask_phases.py --quick         # 1 process, 16-token answers
+
+Each run is a fresh Python process (as a warm ``ask`` is: the model converted and the index
+built already, everything else paid again) that does what ``ask`` does, with a clock between the
+phases: interpreter start and the CLI's imports, ``import torch``, the rest of the library imports
+(transformers, peft), building the pipeline (model, tokenizer, adapter, index), then the question:
+retrieval, the query-likelihood order of the candidates, the reranker's own call (its prefill
+and id list), and the generator's answer. The phases of the question are timed by wrapping the
+pipeline's own methods, so nothing is computed twice. Prints a markdown table of the mean
+seconds per phase and writes JSON. ``benchmarks/cold_start.py`` times the whole command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from _common import fmt, log, markdown_table, mean, parse_args, print_header, write_result
+
+QUICK = {"runs": 1, "max_new_tokens": 16}
+
+# The child: the phases of `ask`, timed. Run with -c so the interpreter's own start is counted
+# apart (the parent measures the process's wall time; the child reports its clocks from start).
+CHILD = r"""
+import json, sys, time
+t0 = time.perf_counter()
+question, max_new_tokens = sys.argv[1], int(sys.argv[2])
+marks = {}
+from dynamicrag.runtime import set_thread_env_defaults
+set_thread_env_defaults()  # before torch loads, as the CLI does
+import dynamicrag.cli  # the CLI's own imports (typer, rich, the package)
+marks["cli imports"] = time.perf_counter()
+import torch
+marks["import torch"] = time.perf_counter()
+import peft, transformers  # noqa: F401
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401  (lazy modules resolved)
+marks["import transformers, peft"] = time.perf_counter()
+from dynamicrag.api import DynamicRAG
+rag = DynamicRAG.from_documents(None, retriever="bm25", **({"answer_max_tokens": max_new_tokens} if max_new_tokens else {}))
+marks["load model, adapter, index"] = time.perf_counter()
+spent = {"order": 0.0, "select": 0.0, "generate": 0.0}
+def timed(name, fn):
+    def wrapper(*a, **k):
+        start = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            spent[name] += time.perf_counter() - start
+    return wrapper
+p = rag.pipeline
+if p.reranker.order_by is not None:
+    p.reranker.order_by.score = timed("order", p.reranker.order_by.score)
+p.reranker.select = timed("select", p.reranker.select)
+p.generator.complete = timed("generate", p.generator.complete)
+start = time.perf_counter()
+answer = rag.ask(question)
+end = time.perf_counter()
+phases = {}
+last = t0
+for name, at in marks.items():
+    phases[name] = at - last
+    last = at
+phases["retrieve"] = (end - start) - spent["select"] - spent["generate"]
+phases["query-likelihood order"] = spent["order"]
+phases["reranker call"] = spent["select"] - spent["order"]
+phases["generator"] = spent["generate"]
+print(json.dumps({"phases": phases, "in_process": end - t0, "k": answer.k, "error": answer.error, "answer": answer.text,
+                  "order_by": type(p.reranker.order_by).__name__ if p.reranker.order_by else None}))
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--question", default="What does the dynamic reranker write?")
+    ap.add_argument("--runs", type=int, default=3, help="Fresh processes, after one that fills the caches")
+    ap.add_argument("--max-new-tokens", type=int, default=0, help="The answer's cap (0: ask's own, 64 for a short answer)")
+    ap.add_argument("--json", type=Path, default=None)
+    args = parse_args(ap, QUICK)
+
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="dynamicrag-phases-") as cache:
+        env = {**os.environ, "DYNAMICRAG_CACHE": cache, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        argv = [sys.executable, "-c", CHILD, args.question, str(args.max_new_tokens)]
+        for i in range(args.runs + 1):
+            label = "fill caches" if i == 0 else f"warm {i}"
+            log(label)
+            done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise SystemExit(f"{label} failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
+            if i:
+                runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    names = list(runs[0]["phases"])
+    means = {name: mean(r["phases"][name] for r in runs) for name in names}
+    total = mean(r["in_process"] for r in runs)
+    result = {"question": args.question, "runs": runs, "mean_seconds": means, "mean_in_process": total}
+    path = write_result("ask_phases", result, args)
+    rows = [[name, fmt(means[name]), f"{100 * means[name] / total:.0f} %"] for name in names]
+    rows.append(["total (in process, after interpreter start)", fmt(total), "100 %"])
+    print_header(args, f"`ask` phases, {len(runs)} fresh process(es), the question {args.question!r}; JSON: {path}",
+                 f"k {runs[0]['k']}, order_by {runs[0]['order_by']}, answer: {runs[0]['answer']!r}")
+    print(markdown_table(["phase", "seconds (mean)", "share"], rows))
+
+
+if __name__ == "__main__":
+    main()
