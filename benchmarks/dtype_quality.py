@@ -3,6 +3,7 @@
     python benchmarks/dtype_quality.py                # NQ 0-199, BM25 top-10, fp32 vs the default
     python benchmarks/dtype_quality.py --variants fp32,default,bf16-plain,fp32-cache,int8
     python benchmarks/dtype_quality.py --quick        # smoke run
+    python benchmarks/dtype_quality.py --shipped      # the same for the default pipeline of ask and infer
 
 Each variant runs the same questions through the same pipeline: the dynamic reranker with
 decoding constrained to the id grammar, then the generator (--max-new-tokens), batches of
@@ -91,9 +92,22 @@ def run_variant(name: str, examples: list, args: argparse.Namespace, path: Path)
     from dynamicrag.pipeline import Pipeline
     from dynamicrag.rerank import DynamicReranker
 
-    llm = backend_for(name, args.batch_size)
-    pipeline = Pipeline(DynamicReranker(llm, constrained=True), Generator(llm, max_new_tokens=args.max_new_tokens),
-                        top_n=args.top_n)
+    if args.shipped:
+        # What ask and infer run by default: the shipped reranker adapter with its manifest's
+        # settings (free decoding, passage cap, query-likelihood order) on the variant's backend.
+        from dynamicrag.build import PipelineConfig, build_pipeline, role_configs
+
+        if VARIANTS[name].get("int8"):
+            raise SystemExit("--shipped runs the transformers backend's own settings; int8 is not one")
+        options = {**VARIANTS[name], "batch_size": args.batch_size}
+        config = PipelineConfig(**role_configs(backend_options=options), top_n=args.top_n,
+                                answer_max_tokens=args.max_new_tokens)
+        pipeline = build_pipeline(config)
+        llm = pipeline.reranker.backend
+    else:
+        llm = backend_for(name, args.batch_size)
+        pipeline = Pipeline(DynamicReranker(llm, constrained=True), Generator(llm, max_new_tokens=args.max_new_tokens),
+                            top_n=args.top_n)
     with ResumableJsonlWriter(path) as writer:
         if writer.done:
             log(f"{name}: resuming after {writer.done} records in {path}")
@@ -122,13 +136,19 @@ def main() -> None:
     ap.add_argument("--skip", type=int, default=0)
     ap.add_argument("--corpus-limit", type=int, default=None, help="First N corpus passages only (smoke runs)")
     ap.add_argument("--top-n", type=int, default=10)
-    ap.add_argument("--max-new-tokens", type=int, default=200, help="Generator's answer cap (paper: 200)")
+    ap.add_argument("--max-new-tokens", type=int, default=None,
+                    help="Generator's answer cap (default: 200 as in the paper; --shipped: each task's default, as infer)")
     ap.add_argument("--batch-size", type=int, default=8, help="Questions per batch (infer's default)")
     ap.add_argument("--variants", default="fp32,default", help=f"Comma-separated, of {', '.join(VARIANTS)}")
     ap.add_argument("--work", type=Path, default=None,
                     help="Folder of the per-variant records (resumed); default <DYNAMICRAG_CACHE>/benchmarks/dtype_quality[.quick]/")
+    ap.add_argument("--shipped", action="store_true",
+                    help="The default pipeline of ask and infer (shipped reranker adapter, its free decoding, passage cap "
+                    "and query-likelihood order) instead of the untrained model constrained")
     ap.add_argument("--json", type=Path, default=None)
     args = parse_args(ap, QUICK)
+    if args.max_new_tokens is None and not args.shipped:
+        args.max_new_tokens = 200
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown:
@@ -141,7 +161,7 @@ def main() -> None:
     from dynamicrag.llm.models import cache_dir
 
     work = args.work or cache_dir() / "benchmarks" / f"dtype_quality{'.quick' if args.quick else ''}"
-    tag = f"q{args.skip}-{args.skip + args.questions - 1}_top{args.top_n}_tok{args.max_new_tokens}_b{args.batch_size}" + (
+    tag = ("shipped_" if args.shipped else "") + f"q{args.skip}-{args.skip + args.questions - 1}_top{args.top_n}_tok{args.max_new_tokens}_b{args.batch_size}" + (
         f"_corpus{args.corpus_limit}" if args.corpus_limit else "")
     runs, described = {}, {}
     for name in names:
@@ -170,13 +190,16 @@ def main() -> None:
         verdict = {"identical_selections": kept["identical_selections"], "target": TARGET_IDENTICAL,
                    "identical_met": kept["identical_selections"] >= TARGET_IDENTICAL,
                    "match_within_ci": kept["within_ci"]}
-    result = {"model": MODEL_NAME, "questions": f"NQ {args.skip}-{args.skip + args.questions - 1}",
+    result = {"model": MODEL_NAME, "shipped": args.shipped, "questions": f"NQ {args.skip}-{args.skip + args.questions - 1}",
               "top_n": args.top_n, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
               "reference": REFERENCE, "rows": rows, "issue18": verdict, "work": str(work)}
     path = write_result("dtype_quality", result, args)
 
-    lines = [f"NQ {args.skip}-{args.skip + args.questions - 1}, BM25 top-{args.top_n}, dynamic reranker (constrained), "
-             f"generator cap {args.max_new_tokens} tokens, batch {args.batch_size}; reference {REFERENCE} "
+    reranker = ("the shipped reranker adapter (free decoding, its passage cap and order)" if args.shipped
+                else "dynamic reranker (constrained)")
+    cap = f"{args.max_new_tokens} tokens" if args.max_new_tokens else "each task's default"
+    lines = [f"NQ {args.skip}-{args.skip + args.questions - 1}, BM25 top-{args.top_n}, {reranker}, "
+             f"generator cap {cap}, batch {args.batch_size}; reference {REFERENCE} "
              f"({described[REFERENCE]['dtype_reason']}, no prefix cache, padded batch prefill); JSON: {path}"]
     for row in rows:
         b = row["backend"]
