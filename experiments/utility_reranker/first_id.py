@@ -81,23 +81,21 @@ def main() -> None:
     parser.add_argument("--json", help="Write the summary here")
     args = parser.parse_args()
 
-    from dynamicrag.data import read_jsonl
     from dynamicrag.llm import load_backend
     from dynamicrag.rerank.parse import parse_selection
+    from shared import reranker_records  # this folder's helpers
 
     adapter = None if args.adapter == "none" else args.adapter
     backend = load_backend("transformers", adapter=adapter, batch_size=1)
     report: dict = {"adapter": args.adapter}
     if args.sft:
-        chats, targets, seen = [], [], set()
-        for _, r in read_jsonl(args.sft):
-            if r["role"] == "reranker" and r["id"] not in seen:
-                seen.add(r["id"])
-                target = parse_selection(r["messages"][-1]["content"], 10)  # the pipeline's own reading
-                first = target.ids[0] if target.ids else 0  # 0: None, OPTIONS' first
-                if target.error is None and first < len(OPTIONS):
-                    chats.append(r["messages"][:2])
-                    targets.append(first)
+        chats, targets = [], []
+        for r in reranker_records(args.sft):
+            target = parse_selection(r["messages"][-1]["content"], 10)  # the pipeline's own reading
+            first = target.ids[0] if target.ids else 0  # 0: None, OPTIONS' first
+            if target.error is None and first < len(OPTIONS):
+                chats.append(r["messages"][:2])
+                targets.append(first)
         report["sft"] = summarise(first_item_logprobs(backend, chats), targets)
     if args.nq:
         from pathlib import Path

@@ -20,9 +20,9 @@ from collections import Counter
 
 from tqdm import tqdm
 
-from dynamicrag.data import read_jsonl
 from dynamicrag.llm import SamplingParams, load_backend
 from dynamicrag.rerank.parse import parse_selection
+from shared import reranker_records  # this folder's helpers (the script's directory is on sys.path)
 
 
 def main() -> None:
@@ -34,11 +34,7 @@ def main() -> None:
     parser.add_argument("--json", help="Write the per-record outputs and the counts here")
     args = parser.parse_args()
 
-    records, seen = [], set()
-    for _, r in read_jsonl(args.sft):
-        if r["role"] == "reranker" and r["id"] not in seen:
-            seen.add(r["id"])
-            records.append(r)
+    records = reranker_records(args.sft)
     top1 = [r for r in records if r["messages"][-1]["content"] == "[1]"][: args.top1]
     others = [r for r in records if r["messages"][-1]["content"] != "[1]"]
     backend = load_backend("transformers", adapter=args.adapter, batch_size=1)

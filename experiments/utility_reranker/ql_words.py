@@ -24,13 +24,12 @@ from pathlib import Path
 from scipy.stats import kendalltau
 from tqdm import tqdm
 
-from dynamicrag.data import load_examples
 from dynamicrag.evaluate.normalize import contains_answer
 from dynamicrag.llm import load_backend
 from dynamicrag.rerank.cutoff import score_order
 from dynamicrag.rerank.pointwise import QueryLikelihoodScorer
 from dynamicrag.retrieve.base import passage_text
-from dynamicrag.retrieve.index import load_index
+from shared import held_apart  # this folder's helpers (the script's directory is on sys.path)
 
 
 def main() -> None:
@@ -44,11 +43,7 @@ def main() -> None:
     args = ap.parse_args()
     caps = [int(w) for w in args.words.split(",")]
 
-    nq = load_examples(args.data / "nq" / "nq-open-oracle.jsonl.gz", task="nq", limit=args.nq)
-    hits = load_index(args.index).search([ex.question for ex in nq], 10)
-    nq = [ex.model_copy(update={"passages": list(p)}) for ex, p in zip(nq, hits)]
-    hotpot = load_examples(args.data / "hotpotqa" / "hotpotqa_train.json", task="hotpotqa", skip=70, limit=args.hotpot)
-    hotpot = [ex.model_copy(update={"passages": ex.passages[:10]}) for ex in hotpot]
+    nq, hotpot = held_apart(args.data, args.index, args.nq, args.hotpot)
 
     backend = load_backend("transformers")
     scorers = {w: QueryLikelihoodScorer(backend, passage_words=w) for w in caps}

@@ -81,25 +81,23 @@ def main() -> None:
     parser.add_argument("--json", help="Write the summary and the per-question log-odds here")
     args = parser.parse_args()
 
-    from dynamicrag.data import load_examples, read_jsonl
+    from dynamicrag.data import read_jsonl
     from dynamicrag.evaluate.answer_metrics import match as match_metric
     from dynamicrag.llm import load_backend
     from dynamicrag.prompts import load_style, reranker_chat
     from dynamicrag.rerank.parse import parse_selection
-    from dynamicrag.retrieve.index import load_index
+    from shared import held_apart, reranker_records  # this folder's helpers
 
     backend = load_backend("transformers", adapter=args.adapter, batch_size=1)
     report: dict = {"adapter": args.adapter}
     rows = []
     if args.sft:
-        chats, ks, seen = [], [], set()
-        for _, r in read_jsonl(args.sft):
-            if r["role"] == "reranker" and r["id"] not in seen:
-                seen.add(r["id"])
-                target = parse_selection(r["messages"][-1]["content"], 10)  # the pipeline's own reading
-                if target.error is None and target.ids and target.ids[0] == 1:
-                    chats.append(r["messages"][:2])
-                    ks.append(len(target.ids))
+        chats, ks = [], []
+        for r in reranker_records(args.sft):
+            target = parse_selection(r["messages"][-1]["content"], 10)  # the pipeline's own reading
+            if target.error is None and target.ids and target.ids[0] == 1:
+                chats.append(r["messages"][:2])
+                ks.append(len(target.ids))
         scores = continue_log_odds(backend, chats)
         more = [s for s, k in zip(scores, ks) if k >= 2]
         one = [s for s, k in zip(scores, ks) if k == 1]
@@ -108,11 +106,7 @@ def main() -> None:
                      f"{describe(more)['mean']:.2f} / {describe(one)['mean']:.2f}", report["sft"]["auc"]])
     if args.orders:
         orders = json.loads(args.orders.read_text(encoding="utf-8"))["sets"]
-        nq = load_examples(args.data / "nq" / "nq-open-oracle.jsonl.gz", task="nq", limit=200)
-        hits = load_index(args.index).search([ex.question for ex in nq], 10)
-        nq = [ex.model_copy(update={"passages": list(p)}) for ex, p in zip(nq, hits)]
-        hotpot = load_examples(args.data / "hotpotqa" / "hotpotqa_train.json", task="hotpotqa", skip=70, limit=30)
-        hotpot = [ex.model_copy(update={"passages": ex.passages[:10]}) for ex in hotpot]
+        nq, hotpot = held_apart(args.data, args.index)
         style = load_style("default")
         held: dict[str, dict[str, float]] = {}
         for name, key, examples in (("nq", "NQ 0-199", nq), ("hotpotqa", "HotpotQA 70-99", hotpot)):
