@@ -11,8 +11,11 @@ retrieval, the query-likelihood order of the candidates, the reranker's own call
 and id list), and the generator's answer. The phases of the question are timed by wrapping the
 pipeline's own methods, so nothing is computed twice. Then the same question is asked again in
 the same process: what a question costs once imports, load and any first-call cost are paid (as
-to a running ``dynamicrag serve``). Prints a markdown table of the mean seconds per phase and
-writes JSON. ``benchmarks/cold_start.py`` times the whole command.
+to a running ``dynamicrag serve``). Each round also runs a process as the backend was before
+its output projection was handed contiguous rows (``strided``: the pre-hook removed; with the
+reranker adapter attached, a batched scoring pass then copies the vocabulary projection per
+row); ``--no-compare-strided`` skips it. Prints a markdown table of the mean seconds per phase
+and writes JSON. ``benchmarks/cold_start.py`` times the whole command.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ QUICK = {"runs": 1, "max_new_tokens": 16}
 CHILD = r"""
 import json, sys, time
 t0 = time.perf_counter()
-question, max_new_tokens = sys.argv[1], int(sys.argv[2])
+question, max_new_tokens, strided = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "strided"
 marks = {}
 from dynamicrag.runtime import set_thread_env_defaults
 set_thread_env_defaults()  # before torch loads, as the CLI does
@@ -48,6 +51,8 @@ marks["import transformers, peft"] = time.perf_counter()
 from dynamicrag.api import DynamicRAG
 rag = DynamicRAG.from_documents(None, retriever="bm25", **({"answer_max_tokens": max_new_tokens} if max_new_tokens else {}))
 marks["load model, adapter, index"] = time.perf_counter()
+if strided:  # the backend before the fix: no pre-hook making the output projection's input contiguous
+    rag.pipeline.generator.backend.lm.get_output_embeddings()._forward_pre_hooks.clear()
 spent = {"order": 0.0, "select": 0.0, "generate": 0.0}
 def timed(name, fn):
     def wrapper(*a, **k):
@@ -89,34 +94,45 @@ def main() -> None:
     ap.add_argument("--question", default="What does the dynamic reranker write?")
     ap.add_argument("--runs", type=int, default=3, help="Fresh processes, after one that fills the caches")
     ap.add_argument("--max-new-tokens", type=int, default=0, help="The answer's cap (0: ask's own, 64 for a short answer)")
+    ap.add_argument("--no-compare-strided", dest="compare_strided", action="store_false",
+                    help="Skip the processes run as before the output projection's input was made contiguous")
     ap.add_argument("--json", type=Path, default=None)
     args = parse_args(ap, QUICK)
 
     runs = []
     with tempfile.TemporaryDirectory(prefix="dynamicrag-phases-") as cache:
         env = {**os.environ, "DYNAMICRAG_CACHE": cache, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-        argv = [sys.executable, "-c", CHILD, args.question, str(args.max_new_tokens)]
+        variants = ["shipped", "strided"] if args.compare_strided else ["shipped"]
         for i in range(args.runs + 1):
-            label = "fill caches" if i == 0 else f"warm {i}"
-            log(label)
-            done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                raise SystemExit(f"{label} failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
-            if i:
-                runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            # Alternating the variants within each round spreads any drift of the machine over both.
+            for variant in variants[:1] if i == 0 else variants:
+                label = "fill caches" if i == 0 else f"warm {i} ({variant})"
+                log(label)
+                argv = [sys.executable, "-c", CHILD, args.question, str(args.max_new_tokens), variant]
+                done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+                if done.returncode != 0:
+                    raise SystemExit(f"{label} failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
+                if i:
+                    runs.append({"variant": variant, **json.loads(done.stdout.strip().splitlines()[-1])})
+    by_variant = {v: [r for r in runs if r["variant"] == v] for v in variants}
     names = list(runs[0]["phases"])
-    means = {name: mean(r["phases"][name] for r in runs) for name in names}
-    total = mean(r["in_process"] for r in runs)
-    again = mean(r["again"] for r in runs)
-    result = {"question": args.question, "runs": runs, "mean_seconds": means, "mean_in_process": total,
-              "mean_second_ask_same_process": again}
+    means = {v: {name: mean(r["phases"][name] for r in rs) for name in names} for v, rs in by_variant.items()}
+    total = {v: mean(r["in_process"] for r in rs) for v, rs in by_variant.items()}
+    again = {v: mean(r["again"] for r in rs) for v, rs in by_variant.items()}
+    result = {"question": args.question, "runs": runs, "mean_seconds": means["shipped"],
+              "mean_in_process": total["shipped"], "mean_second_ask_same_process": again["shipped"],
+              "variants": {v: {"mean_seconds": means[v], "mean_in_process": total[v],
+                               "mean_second_ask_same_process": again[v]} for v in variants}}
     path = write_result("ask_phases", result, args)
-    rows = [[name, fmt(means[name]), f"{100 * means[name] / total:.0f} %"] for name in names]
-    rows.append(["total (in process, after interpreter start)", fmt(total), "100 %"])
-    print_header(args, f"`ask` phases, {len(runs)} fresh process(es), the question {args.question!r}; JSON: {path}",
+    rows = [[name, *(fmt(means[v][name]) for v in variants), f"{100 * means['shipped'][name] / total['shipped']:.0f} %"]
+            for name in names]
+    rows.append(["total (in process, after interpreter start)", *(fmt(total[v]) for v in variants), "100 %"])
+    rows.append(["the same question again in the same process", *(fmt(again[v]) for v in variants), ""])
+    print_header(args, f"`ask` phases, {len(by_variant['shipped'])} fresh process(es) per variant, the question "
+                 f"{args.question!r}; JSON: {path}",
                  f"k {runs[0]['k']}, order_by {runs[0]['order_by']}, answer: {runs[0]['answer']!r}")
-    print(markdown_table(["phase", "seconds (mean)", "share"], rows))
-    print(f"\nThe same question asked again in the same process (imports and load paid): {fmt(again)} s")
+    headers = {"shipped": "seconds (mean)", "strided": "seconds, head input strided (before)"}
+    print(markdown_table(["phase", *(headers[v] for v in variants), "share"], rows))
 
 
 if __name__ == "__main__":

@@ -63,6 +63,24 @@ def test_one_base_in_memory_and_loading_the_adapter_is_fast(smollm, reranker_vie
     assert seconds < 5  # the target is 1 s on idle cores; generous on a shared machine
 
 
+def test_scoring_a_batch_with_an_adapter_attached_hands_the_head_contiguous_rows(smollm, reranker_view):
+    # A strided input would make torch expand the 49k-word projection to every row of the batch
+    # (a 113 MB copy per fp32 row per call, where peft leaves the weights without gradient).
+    view, _, _ = reranker_view
+    seen = []
+    hook = smollm.lm.get_output_embeddings().register_forward_hook(
+        lambda module, args, out: seen.append((args[0].shape, args[0].is_contiguous())))
+    try:
+        prompts = ["Passage: Paris is the capital of France.\nQuestion:", "Passage: Rome.\nQuestion:", "Passage: x\nQuestion:"]
+        base = smollm.loglikelihood(prompts, [" What is the capital of France?"] * 3, batch_size=3)
+        adapted = view.loglikelihood(prompts, [" What is the capital of France?"] * 3, batch_size=3)
+    finally:
+        hook.remove()
+    assert seen and all(contiguous for _, contiguous in seen), seen
+    assert any(shape[0] == 3 for shape, _ in seen)  # the batch went through in one pass
+    assert base != adapted and base[0] > base[2]  # still the two models' own scores
+
+
 def test_adapter_changes_outputs_only_in_its_view(smollm, base_before, reranker_view):
     view, _, _ = reranker_view
     before, logits = base_before
