@@ -14,7 +14,11 @@ Formats: ``fp32``; ``bf16``; ``int8`` (torch.ao dynamic quantisation of every li
 int8 weights with a scale per tensor, activations quantised per call, fbgemm kernels; lm_head
 untied from the embedding first); ``int8-keep-down`` and ``int8-keep-mlp`` (the same with the
 MLP's ``down_proj``, or every MLP layer, left in fp32: where a small model's activation
-outliers live).
+outliers live); ``int8-weight`` (weight-only int8: every linear layer's weight rounded to int8
+with a scale per output row, activations kept in bf16, ``torch._weight_int8pack_mm``, the
+weight-only kernel behind torchao's int8; lm_head untied first). Decoding one sequence reads
+every weight once per step, so on this CPU a step costs what the weights weigh; int8 weights
+halve that against bf16 without quantising the activations that sank ``int8``.
 """
 
 from __future__ import annotations
@@ -38,7 +42,36 @@ from _common import (
 )
 
 QUICK = {"questions": 2, "top_n": 3, "corpus_limit": 500, "steps": 4}
-FORMATS = ("fp32", "bf16", "int8", "int8-keep-down", "int8-keep-mlp")
+FORMATS = ("fp32", "bf16", "int8", "int8-keep-down", "int8-keep-mlp", "int8-weight")
+
+
+def int8_weight_copy(fp32):
+    """A bf16 copy of ``fp32`` whose linear layers hold int8 weights (a scale per output row)."""
+    import torch
+
+    class Int8WeightLinear(torch.nn.Module):
+        # torch has the kernel but no module for it outside torchao (not a dependency here).
+        def __init__(self, linear: torch.nn.Linear) -> None:
+            super().__init__()
+            w = linear.weight.detach().float()
+            scale = w.abs().amax(1).clamp(min=1e-8) / 127
+            self.register_buffer("weight_int8", torch.round(w / scale[:, None]).clamp(-128, 127).to(torch.int8))
+            self.register_buffer("scale", scale.to(torch.bfloat16))
+            self.bias = None if linear.bias is None else linear.bias.detach().to(torch.bfloat16)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch._weight_int8pack_mm(x.reshape(-1, x.shape[-1]).contiguous(), self.weight_int8, self.scale)
+            y = y.reshape(*x.shape[:-1], -1)
+            return y if self.bias is None else y + self.bias
+
+    lm = copy.deepcopy(fp32)
+    lm.lm_head.weight = torch.nn.Parameter(lm.lm_head.weight.detach().clone(), requires_grad=False)  # untie
+    lm = lm.to(torch.bfloat16)
+    for name, module in list(lm.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.Linear):
+                setattr(module, child_name, Int8WeightLinear(child))
+    return lm
 
 
 def build(name: str, fp32):
@@ -49,6 +82,8 @@ def build(name: str, fp32):
         return fp32
     if name == "bf16":
         return copy.deepcopy(fp32).to(torch.bfloat16)
+    if name == "int8-weight":
+        return int8_weight_copy(fp32)
     return int8_copy(fp32, keep={"int8": (), "int8-keep-down": ("down_proj",), "int8-keep-mlp": ("mlp.",)}[name])
 
 
