@@ -185,10 +185,19 @@ def stage_answers(args, backend) -> dict:
                         f.flush()
                     vals.append(match(cache[key], ex.answers))
                 match_by_rule[rule] = vals
-            report[name] = {rule: {"match": float(np.mean(v)),
-                                   "differs_from_top": int((s[f"{name}_{rule}"].argmax(1) != 0).sum()),
-                                   **({} if rule == "top" else {"vs_top": paired_stats(match_by_rule["top"], v)})}
-                            for rule, v in match_by_rule.items()}
+            # match = P(the first passage holds an answer) x P(the generator answers from it):
+            # how much of the room is the reranker's, and how much the generator's.
+            has_answer = np.load(args.out / f"features_{name}.npz")["has_answer"]
+            report[name] = {"any_candidate_holds_an_answer": int(has_answer.any(1).sum())}
+            for rule, v in match_by_rule.items():
+                holds = has_answer[np.arange(len(v)), s[f"{name}_{rule}"].argmax(1)]
+                report[name][rule] = {
+                    "match": float(np.mean(v)),
+                    "differs_from_top": int((s[f"{name}_{rule}"].argmax(1) != 0).sum()),
+                    "first_holds_an_answer": int(holds.sum()),
+                    "match_when_first_holds_an_answer": float(np.mean(np.array(v)[holds])) if holds.any() else None,
+                    **({} if rule == "top" else {"vs_top": paired_stats(match_by_rule["top"], v)}),
+                }
     return report
 
 
@@ -212,10 +221,15 @@ def main() -> None:
     if not args.no_answers:
         report["answers"] = stage_answers(args, backend)
         for name, rows in report["answers"].items():
-            print(f"\n{name}: | rule | match | first passage not BM25's | diff vs top-1 [95 % CI] | W/T/L |")
+            print(f"\n{name} ({rows['any_candidate_holds_an_answer']} questions with an answer among the candidates): "
+                  "| rule | match | first passage not BM25's | first holds an answer | match when it does "
+                  "| diff vs top-1 [95 % CI] | W/T/L |")
             for rule, r in rows.items():
+                if rule == "any_candidate_holds_an_answer":
+                    continue
                 p = r.get("vs_top")
-                print(f"| {rule} | {r['match']:.3f} | {r['differs_from_top']} | "
+                print(f"| {rule} | {r['match']:.3f} | {r['differs_from_top']} | {r['first_holds_an_answer']} | "
+                      f"{r['match_when_first_holds_an_answer']:.2f} | "
                       + (f"{p['diff']:+.3f} [{p['ci'][0]:+.3f}, {p['ci'][1]:+.3f}] | {p['wins']}/{p['ties']}/{p['losses']} |"
                          if p else "(baseline) | |"))
     (args.out / "report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
