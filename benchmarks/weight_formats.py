@@ -67,7 +67,7 @@ def int8_weight_copy(fp32):
     lm = copy.deepcopy(fp32)
     lm.lm_head.weight = torch.nn.Parameter(lm.lm_head.weight.detach().clone(), requires_grad=False)  # untie
     lm = lm.to(torch.bfloat16)
-    for name, module in list(lm.named_modules()):
+    for module in list(lm.modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, torch.nn.Linear):
                 setattr(module, child_name, Int8WeightLinear(child))
