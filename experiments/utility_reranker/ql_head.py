@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from dynamicrag.data import read_jsonl
 from dynamicrag.evaluate.normalize import contains_answer
+from dynamicrag.retrieve.base import passage_text
 from dynamicrag.schema import Example, Passage
 
 MIDDLE_LAYER = 15  # of SmolLM2-135M's 30: a middle layer's states often probe better than the last
@@ -81,7 +82,8 @@ def training_examples(labels: Path) -> list[tuple[Example, list[int]]]:
 def stage_features(args, backend) -> None:
     from shared import held_apart  # this folder's helpers
 
-    sets: dict[str, list[Example]] = {"train": [ex for ex, _ in training_examples(args.labels)]}
+    train = training_examples(args.labels)
+    sets: dict[str, list[Example]] = {"train": [ex for ex, _ in train]}
     sets["nq"], sets["hotpotqa"] = held_apart(args.data, args.index)
     for name, examples in sets.items():
         path = args.out / f"features_{name}.npz"
@@ -92,10 +94,10 @@ def stage_features(args, backend) -> None:
         has_answer = np.zeros((len(examples), 10), dtype=bool)
         for q, ex in enumerate(tqdm(examples, desc=f"features {name}")):
             x[q, :len(ex.passages)] = features(backend, ex.question, ex.passages[:10])
-            has_answer[q, :len(ex.passages)] = [contains_answer(f"{p.title} {p.text}", ex.answers) for p in ex.passages[:10]]
+            has_answer[q, :len(ex.passages)] = [contains_answer(passage_text(p), ex.answers) for p in ex.passages[:10]]
         arrays = {"x": x, "has_answer": has_answer}
         if name == "train":
-            arrays["relevant"] = np.array([lab for _, lab in training_examples(args.labels)])
+            arrays["relevant"] = np.array([tags for _, tags in train])
         np.savez(path.with_suffix(".tmp.npz"), **arrays)
         path.with_suffix(".tmp.npz").rename(path)
 

@@ -155,7 +155,7 @@ def test_prefix_labels_keep_the_shown_order_and_stop_where_the_answer_is_reached
     backend = TableBackend({(): -6.0, ("alpha",): -5.9, ("beta",): -2.0, ("gamma",): -6.5,
                             ("alpha", "beta"): -2.2, ("alpha", "beta", "gamma"): -2.4, ("beta", "alpha"): -2.1})
     config = LabelConfig(scorer="utility", top_n=3, threshold=0.5, expert="prefix")
-    teacher = make_teacher_on(backend, config)
+    teacher = make_teacher(config, backend)
     [labelled] = label_examples([example()], teacher, config)
     # Best-first would write [2] (beta alone); the prefix rule keeps the shown order: [1], [2].
     assert labelled.extra["expert"] == [1, 2]
@@ -169,17 +169,11 @@ def test_prefix_labels_keep_the_shown_order_and_stop_where_the_answer_is_reached
     assert backend.calls == 2
     # max_k caps the prefixes tried.
     capped = LabelConfig(scorer="utility", top_n=3, threshold=0.5, expert="prefix", top_m=1)
-    [one] = label_examples([example()], make_teacher_on(TableBackend(backend.table), capped), capped)
+    [one] = label_examples([example()], make_teacher(capped, TableBackend(backend.table)), capped)
     assert one.extra["expert"] == []  # alpha alone adds 0.1 < 0.5
     best_first = LabelConfig(scorer="utility", top_n=3, threshold=0.5)
-    [other] = label_examples([example()], make_teacher_on(TableBackend(backend.table), best_first), best_first)
+    [other] = label_examples([example()], make_teacher(best_first, TableBackend(backend.table)), best_first)
     assert other.extra["expert"] == [2]
-
-
-def make_teacher_on(backend, config: LabelConfig) -> UtilityTeacher:
-    """The teacher make_teacher builds from ``config``, on a table backend."""
-    return UtilityTeacher(backend, margin=config.threshold, tie_margin=config.tie_margin, max_k=config.top_m,
-                          answer_form=config.answer_form, max_answers=config.max_answers, expert=config.expert)
 
 
 def test_utility_config_defaults_and_errors():

@@ -233,16 +233,18 @@ Teacher = Scorer | UtilityTeacher
 """A pointwise scorer, or the utility teacher (which needs the gold answers and labels whole examples)."""
 
 
-def make_teacher(config: LabelConfig) -> Teacher:
-    """The teacher of ``config.scorer``: a pointwise scorer, or a :class:`UtilityTeacher` on the
-    transformers backend of its model (the bundled SmolLM2 when none is named)."""
+def make_teacher(config: LabelConfig, backend: Any = None) -> Teacher:
+    """The teacher of ``config.scorer``: a pointwise scorer, or a :class:`UtilityTeacher` on
+    ``backend`` (None: the transformers backend of its model, the bundled SmolLM2 when none is
+    named)."""
     if config.kind != "utility":
         return make_scorer(config.scorer)
-    from dynamicrag.llm import load_backend
+    if backend is None:
+        from dynamicrag.llm import load_backend
 
-    model = config.scorer.partition(":")[2].strip() or None
+        backend = load_backend("transformers", config.scorer.partition(":")[2].strip() or None)
     return UtilityTeacher(
-        load_backend("transformers", model), config.prompt_style, margin=config.threshold,  # type: ignore[arg-type]
+        backend, config.prompt_style, margin=config.threshold,  # type: ignore[arg-type]
         tie_margin=config.tie_margin, max_k=config.top_m, answer_form=config.answer_form,  # type: ignore[arg-type]
         max_answers=config.max_answers, expert=config.expert,
     )
