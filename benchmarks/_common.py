@@ -18,6 +18,7 @@ import os
 import platform
 import resource
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -312,6 +313,13 @@ def start_service(argv: Sequence[str], env: dict[str, str] | None = None) -> Ser
     with os.fdopen(fd, "w") as out:
         proc = _spawn(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
     return Service(proc, time.perf_counter(), Path(name))
+
+
+def free_port() -> int:
+    """A free loopback port (closed again; the server binds it a moment later)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 # --- numbers, tables and results -------------------------------------------------------------

@@ -34,7 +34,6 @@ import argparse
 import asyncio
 import random
 import shutil
-import socket
 import statistics
 import sys
 import time
@@ -45,6 +44,7 @@ from _common import (
     NQ_ORACLE,
     RESULTS,
     fmt,
+    free_port,
     log,
     markdown_table,
     parse_args,
@@ -114,13 +114,6 @@ def server_argv(args: argparse.Namespace, port: int) -> list[str]:
     cli = [script] if script else [sys.executable, "-c", "from dynamicrag.cli import app; app()"]
     return [*cli, "serve", "--host", "127.0.0.1", *limits, "--max-passages", str(max(args.passages, 10)),
             *(["--model", args.model] if args.model else [])]
-
-
-def free_port() -> int:
-    """A free loopback port (closed again; the server binds it a moment later)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def request_bodies(count: int, n_passages: int, words: int | None, endpoint: str, seed: int = 0) -> list[dict]:

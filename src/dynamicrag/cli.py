@@ -33,7 +33,7 @@ from dynamicrag.console import (  # noqa: E402
     console, fail, failing, loading, run_stage, run_with_progress, runs_progress, show_answer, show_chosen, show_stats,
     show_table,
 )
-from dynamicrag.serve.settings import SERVE_DEFAULTS, ServeSettings  # noqa: E402
+from dynamicrag.serve.settings import API_KEY_ENV, SERVE_DEFAULTS, ServeSettings  # noqa: E402
 
 app = typer.Typer(help="DynamicRAG: retrieve, let an LLM reranker choose the passages (order and number), answer.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
@@ -141,14 +141,22 @@ def load_rag(roles: dict, method: dict, decoding: Any, corpus: Path | None, retr
 
 @app.command()
 @with_options(**ASKED)
-def ask(question: str = typer.Argument(..., help="The question"), corpus: Optional[Path] = CORPUS,
+def ask(context: typer.Context, question: str = typer.Argument(..., help="The question"), corpus: Optional[Path] = CORPUS,
         retriever: str = typer.Option("bm25", "--retriever", help="bm25 | dense | hybrid"),
         as_json: bool = typer.Option(False, "--json", help="Print the record as JSON"),
+        server: Optional[str] = typer.Option(None, "--server", envvar="DYNAMICRAG_SERVER",
+                                             help="Ask a running `dynamicrag serve` at this URL (e.g. http://127.0.0.1:8000): "
+                                             "its models and index answer, nothing loads here"),
+        api_key: Optional[str] = typer.Option(None, "--api-key", envvar=API_KEY_ENV, show_default=False,
+                                              help="--server: the server's API key"),
         *, roles: dict, method: dict, decoding: Any, logs: None) -> None:
     """Answer QUESTION from a corpus (index built once and cached), showing the chosen passages and k."""
-    rag = load_rag(roles, method, decoding, corpus, retriever)
-    with console.status("reranking and answering"):
-        answer = rag.ask(question)
+    if server:
+        answer = ask_remotely(context, server, question, method.get("top_n"), api_key)
+    else:
+        rag = load_rag(roles, method, decoding, corpus, retriever)
+        with console.status("reranking and answering"):
+            answer = rag.ask(question)
     if as_json:
         typer.echo(json.dumps(answer.to_json(), ensure_ascii=False, indent=2))
         return
@@ -186,6 +194,25 @@ def chat(corpus: Optional[Path] = CORPUS, retriever: str = typer.Option("bm25", 
             console.print("[yellow]stopped[/yellow]")
         except Exception as err:  # noqa: BLE001 - one failed question must not end the session
             console.print(f"[red]failed:[/red] {type(err).__name__}: {err}")
+
+
+# `ask --server` sends these; the server's own settings decide everything else.
+_SENT_TO_SERVER = {"question", "server", "api_key", "as_json", "top_n", "verbose"}
+
+
+def ask_remotely(context: typer.Context, server: str, question: str, top_n: int | None, api_key: str | None) -> Any:
+    """``ask --server``: the answer of a running ``dynamicrag serve``. An option that only a local
+    run reads (a corpus, a model, decoding) is refused rather than silently ignored."""
+    from dynamicrag.serve.client import ServerError, ask_server
+
+    given = {p.name for p in context.command.params if getattr(context.get_parameter_source(p.name), "name", None)
+             in ("COMMANDLINE", "ENVIRONMENT")}
+    local = sorted(p.opts[0] for p in context.command.params if p.name in given - _SENT_TO_SERVER)
+    if local:
+        fail(f"--server: {', '.join(local)} would be ignored: the server's corpus, models and decoding answer "
+             "(give them to `dynamicrag serve`)")
+    with failing(ServerError), console.status(f"asking {server}"):
+        return ask_server(server, question, top_n=top_n, api_key=api_key)
 
 
 def chat_turn(rag: Any, question: str, id: str) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -52,10 +54,18 @@ def failing(*errors: type[BaseException]) -> Iterator[None]:
 def setup_logging(verbose: bool) -> None:
     """INFO logs with ``--verbose``, else warnings only (and no library progress bars)."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if not verbose:
-        from transformers.utils import logging as hf_logging
+    if not verbose:  # the libraries' progress bars off: our own progress display is enough
+        # Without importing transformers (2 s) in commands that never load a model (`ask --server`,
+        # `evaluate`): huggingface_hub reads this variable when it loads, and transformers' bars follow it.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        if "transformers" in sys.modules:
+            from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()  # our own progress display is enough
+            hf_logging.disable_progress_bar()
+        elif "huggingface_hub" in sys.modules:
+            from huggingface_hub.utils import disable_progress_bars
+
+            disable_progress_bars()
 
 
 class _StatusRelay(logging.Handler):

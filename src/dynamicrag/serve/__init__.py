@@ -1,5 +1,5 @@
-"""Serving: ``dynamicrag serve`` (rerank and answer over HTTP, micro-batched) and an
-OpenAI-compatible server around any LLM backend (extra ``[serve]``).
+"""Serving: ``dynamicrag serve`` (rerank and answer over HTTP, micro-batched), its client
+(``ask --server``), and an OpenAI-compatible server around any LLM backend (extra ``[serve]``).
 
 Names are imported when first used, so ``import dynamicrag.serve`` (and the ``serve`` command's
 options, from :mod:`.settings`) loads no web framework.
@@ -11,6 +11,8 @@ _EXPORTS = {
     "BackgroundServer": "dynamicrag.serve.background",
     "MicroBatcher": "dynamicrag.serve.batcher",
     "ServeSettings": "dynamicrag.serve.settings",
+    "ServerError": "dynamicrag.serve.client",
+    "ask_server": "dynamicrag.serve.client",
     "create_app": "dynamicrag.serve.app",
     "create_openai_app": "dynamicrag.serve.openai_server",
     "run_openai_server": "dynamicrag.serve.openai_server",
