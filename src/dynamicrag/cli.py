@@ -205,9 +205,8 @@ def ask_remotely(context: typer.Context, server: str, question: str, top_n: int 
     run reads (a corpus, a model, decoding) is refused rather than silently ignored."""
     from dynamicrag.serve.client import ServerError, ask_server
 
-    given = {p.name for p in context.command.params if getattr(context.get_parameter_source(p.name), "name", None)
-             in ("COMMANDLINE", "ENVIRONMENT")}
-    local = sorted(p.opts[0] for p in context.command.params if p.name in given - _SENT_TO_SERVER)
+    local = sorted(p.opts[0] for p in context.command.params if p.name not in _SENT_TO_SERVER
+                   and getattr(context.get_parameter_source(p.name), "name", None) in ("COMMANDLINE", "ENVIRONMENT"))
     if local:
         fail(f"--server: {', '.join(local)} would be ignored: the server's corpus, models and decoding answer "
              "(give them to `dynamicrag serve`)")
