@@ -517,18 +517,21 @@ class UsageMeter:
         }
 
 
-def finished_row_share(calls: Sequence[Call]) -> float | None:
+def finished_row_share(calls: Sequence[Call], decoded_row_steps: int | None = None) -> float | None:
     """Share of the decoding row-steps of batched calls spent on rows that had finished.
 
-    A batch decodes until its longest output ends, so a row that finished early still goes
-    through every later step: ``sum(rows x longest - each row's tokens) / sum(rows x longest)``
-    over the calls. Exact when each call is one model batch (its chats <= the backend's batch
-    size), as in ``throughput.py``.
+    ``decoded_row_steps``: what the backend counted it ran (the transformers backend's
+    ``decoded_row_steps``, which drops finished rows from a batch as it goes). Without it, a
+    batch that decodes until its longest output ends is assumed, so a row that finished early
+    still goes through every later step: ``sum(rows x longest)`` over the calls, exact when
+    each call is one model batch (its chats <= the backend's batch size), as in
+    ``throughput.py``. The share is ``(computed - each row's tokens) / computed``.
 
     Returns:
         The share, or None when nothing was generated.
     """
-    computed = sum(c.chats * max(c.completion_tokens, default=0) for c in calls)
+    computed = decoded_row_steps if decoded_row_steps is not None else sum(
+        c.chats * max(c.completion_tokens, default=0) for c in calls)
     needed = sum(sum(c.completion_tokens) for c in calls)
     return (computed - needed) / computed if computed else None
 

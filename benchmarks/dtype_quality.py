@@ -9,13 +9,16 @@ Each variant runs the same questions through the same pipeline: the dynamic rera
 decoding constrained to the id grammar, then the generator (--max-new-tokens), batches of
 --batch-size questions, on the bundled SmolLM2 over the same BM25 top --top-n passages of the
 shared NQ corpus. The reference is ``fp32``: the transformers backend as it ran before issue
-18 (fp32, no prefix cache, the padded batch encoded in one pass). Variants:
+18 (fp32, no prefix cache, the padded batch encoded in one pass, every row decoded until the
+batch's longest answer ends). Variants:
 
 * ``default``: the backend's defaults (the kept settings: bf16 where the CPU has native
-  bf16, shared-prefix KV cache, prompts prefilled one at a time).
-* ``bf16-plain``: bf16 without the prefix cache, padded batch prefill (the dtype alone).
-* ``fp32-cache``: fp32 with the prefix cache and row prefill (the cache alone; expected
-  identical to fp32 up to float rounding).
+  bf16, shared-prefix KV cache, prompts prefilled one at a time, finished rows dropped from
+  a batch).
+* ``bf16-plain``: bf16 without the prefix cache, padded batch prefill, finished rows kept (the
+  dtype alone).
+* ``fp32-cache``: fp32 with the prefix cache, row prefill and finished rows dropped (the
+  cache and the batch layout alone; expected identical to fp32 up to float rounding).
 * ``int8``: int8 dynamic quantisation of the linear layers (``torch.ao``, deprecated), on the
   fp32 model, with the default cache settings.
 
@@ -50,9 +53,9 @@ from _common import (
 )
 
 VARIANTS = {
-    "fp32": {"dtype": "float32", "prefix_cache": False, "prefill": "batch"},
+    "fp32": {"dtype": "float32", "prefix_cache": False, "prefill": "batch", "shrink_batch": False},
     "default": {},
-    "bf16-plain": {"dtype": "bfloat16", "prefix_cache": False, "prefill": "batch"},
+    "bf16-plain": {"dtype": "bfloat16", "prefix_cache": False, "prefill": "batch", "shrink_batch": False},
     "fp32-cache": {"dtype": "float32"},
     "int8": {"int8": True},
 }
@@ -200,11 +203,12 @@ def main() -> None:
     cap = f"{args.max_new_tokens} tokens" if args.max_new_tokens else "each task's default"
     lines = [f"NQ {args.skip}-{args.skip + args.questions - 1}, BM25 top-{args.top_n}, {reranker}, "
              f"generator cap {cap}, batch {args.batch_size}; reference {REFERENCE} "
-             f"({described[REFERENCE]['dtype_reason']}, no prefix cache, padded batch prefill); JSON: {path}"]
+             f"({described[REFERENCE]['dtype_reason']}, no prefix cache, padded batch prefill, finished rows kept); "
+             f"JSON: {path}"]
     for row in rows:
         b = row["backend"]
         lines.append(f"- {row['variant']}: {b.get('dtype_reason')}, prefix cache {b.get('prefix_cache')}, "
-                     f"prefill {b.get('prefill')}, kv cache {b.get('kv_cache')}")
+                     f"prefill {b.get('prefill')}, kv cache {b.get('kv_cache')}, shrink batch {b.get('shrink_batch')}")
     if verdict is not None:
         lines.append(f"Kept settings: identical selections {100 * verdict['identical_selections']:.1f}% (target >= "
                      f"{100 * TARGET_IDENTICAL:.0f}%): {'met' if verdict['identical_met'] else 'NOT met'}; the paired 95% CI "

@@ -92,6 +92,8 @@ def test_finished_row_share_counts_the_steps_of_rows_already_done():
     # 2 x 10 + 1 x 5 = 25 steps computed, 17 needed: 8 spent on the row that stopped at 2.
     assert _common.finished_row_share(calls) == pytest.approx(8 / 25)
     assert _common.finished_row_share([]) is None
+    # A backend that dropped finished rows counts what it ran: 20 row-steps for the 17 kept.
+    assert _common.finished_row_share(calls, decoded_row_steps=20) == pytest.approx(3 / 20)
 
 
 def test_issue18_checks_compare_the_default_backend_with_the_old_one():

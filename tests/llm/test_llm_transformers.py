@@ -211,6 +211,52 @@ def test_static_kv_cache_gives_the_same_greedy_outputs(smollm, nq_chats):
         [c[0].text for c in smollm.generate(generate[:4], params)]
 
 
+def test_a_batch_drops_its_finished_rows_without_changing_any_rows_output(smollm, nq_chats):
+    """Decoding on without the rows that have ended (the default) gives each row the text,
+    token count and finish reason of a batch decoded to its longest answer, with the stop
+    strings, the completion-only n-gram ban and the id grammar, from the row-prefilled cache
+    and from the padded batch; and it decodes fewer row-steps."""
+    rerank, generate = nq_chats
+    shrink = TransformersBackend(dtype="float32")
+    full = TransformersBackend(dtype="float32", shrink_batch=False)
+    assert shrink.describe()["shrink_batch"] is True and full.describe()["shrink_batch"] is False
+
+    def outputs(backend, chats, params):
+        before = backend.decoded_row_steps
+        out = [(c[0].text, c[0].completion_tokens, c[0].finish_reason) for c in backend.generate(chats, params)]
+        return out, backend.decoded_row_steps - before
+
+    answers = SamplingParams(max_new_tokens=64, no_repeat_ngram_size=3)
+    expected, full_steps = outputs(full, generate, answers)
+    assert len({tokens for _, tokens, _ in expected}) > 2  # answers of several lengths: rows end apart
+    got, steps = outputs(shrink, generate, answers)
+    assert got == expected
+    assert steps < full_steps == 8 * max(tokens for _, tokens, _ in expected)
+    assert steps >= sum(tokens for _, tokens, _ in expected)
+
+    lines = SamplingParams(max_new_tokens=40, stop=("\n", "."))  # rows ended by a stop string
+    expected, _ = outputs(full, generate, lines)
+    assert any(reason == "stop" and tokens < 40 for _, tokens, reason in expected)
+    assert outputs(shrink, generate, lines)[0] == expected
+
+    ids = SamplingParams(max_new_tokens=12, id_list_max=5)
+    assert outputs(shrink, rerank, ids)[0] == outputs(full, rerank, ids)[0]
+    padded = TransformersBackend(dtype="float32", prefix_cache=False, prefill="batch")  # generate encodes
+    assert outputs(padded, generate, answers)[0] == outputs(full, generate, answers)[0]
+
+    # Several samples per prompt (each row repeated n times in the cache, or by generate's
+    # num_return_sequences when the prompts are not encoded once for their samples): each one
+    # still a valid id list, the same ones again under the same seed.
+    sampled = SamplingParams(max_new_tokens=24, id_list_max=5, temperature=1.0, n=2, seed=3)  # room for 5 ids
+    padded.share_prefill = False
+    for backend in (shrink, padded):
+        first = backend.generate(rerank[:4], sampled)
+        assert [len(c) for c in first] == [2] * 4
+        assert all(is_complete(c.text, 5) for cs in first for c in cs)
+        assert [[c.text for c in cs] for cs in backend.generate(rerank[:4], sampled)] == \
+            [[c.text for c in cs] for cs in first]
+
+
 def test_one_sequence_decodes_on_one_thread_under_passive_then_threads_are_restored(smollm, nq_chats, monkeypatch):
     """After the prompt is encoded on every thread, decoding one sequence runs on one thread
     under PASSIVE (a batch, or another policy, keeps them all), gives the same greedy tokens,

@@ -205,6 +205,39 @@ class _IdListConstraint:
         return fn
 
 
+class _FewRowsLeft:
+    """A stopping criterion that ends a batched ``generate`` call once at most half of its
+    rows are still writing (and at least one has ended); ``writing`` then holds their indices.
+
+    A row has ended when its completion (from ``prompt_len``) holds an end or padding token, or
+    the last tokens hold one of the stop strings (transformers' own stop-string criterion ends
+    such a row; padding follows from the next step on). A transformers ``StoppingCriteria`` in
+    all but name: generate only calls it.
+    """
+
+    _TAIL = 16  # tokens decoded to look for a stop string: more than any stop string spans
+
+    def __init__(self, prompt_len: int, ended_ids: set[int], stop: Sequence[str], tokenizer: Any) -> None:
+        self.prompt_len = prompt_len
+        self.ended_ids = torch.tensor(sorted(ended_ids))
+        self.stop = list(stop)
+        self.tokenizer = tokenizer
+        self.writing: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        generated = input_ids[:, self.prompt_len:]
+        ended = torch.isin(generated, self.ended_ids.to(generated.device)).any(dim=1)
+        if self.stop:
+            for row in (~ended).nonzero().flatten().tolist():
+                tail = self.tokenizer.decode(generated[row, -self._TAIL:])
+                ended[row] = any(s in tail for s in self.stop)
+        writing = (~ended).nonzero().flatten()
+        if not ended.any() or len(writing) > input_ids.shape[0] // 2:
+            return torch.zeros_like(ended)
+        self.writing = writing if len(writing) else None  # None: every row has ended
+        return torch.ones_like(ended)
+
+
 @contextlib.contextmanager
 def _seeded(seed: int | None, device: str) -> Iterator[None]:
     """Seed torch for one call without changing the caller's global random state."""
@@ -373,10 +406,17 @@ class TransformersBackend:
             longer prompt or under another policy; an int sets it for every decoding; None (or
             ``"none"``) keeps the process's count. The switch is process-wide for the length
             of the decoding, under the generate lock.
+        shrink_batch: Decode a batch without its finished rows: once at most half of the rows
+            are still writing, continue those alone from their KV cache (see
+            :meth:`_generate_shrinking`). False decodes every row until the longest ends, as
+            ``generate`` does (a static KV cache always does).
 
     Attributes:
         adapter_name: The peft name of the adapter this backend runs (``None``: the base
             model); the weights active during this backend's ``generate`` calls.
+        decoded_row_steps: Rows x decoding steps run by this backend's ``generate`` calls,
+            finished rows included (``benchmarks/throughput.py`` compares it with the tokens
+            the completions kept).
 
     Example:
         >>> llm = TransformersBackend()
@@ -402,6 +442,7 @@ class TransformersBackend:
         prefill: str = "auto",
         kv_cache: str = "dynamic",
         decode_threads: int | str | None = "auto",
+        shrink_batch: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -436,6 +477,8 @@ class TransformersBackend:
         if decode_threads not in ("auto", None) and (not isinstance(decode_threads, int) or decode_threads < 1):
             raise ValueError(f"decode_threads must be 'auto', None or an int >= 1, got {decode_threads!r}")
         self.decode_threads = decode_threads
+        self.shrink_batch = shrink_batch
+        self.decoded_row_steps = 0
         with _MODELS_LOCK:  # one cache per loaded model, shared by its views (see _prefix_cache_key)
             self._prefixes = _PREFIX_CACHES.setdefault(id(self.lm), _PrefixCache())
         self._joinable = _joinable(self.lm.config)
@@ -462,6 +505,7 @@ class TransformersBackend:
             "prefill": self.prefill,
             "kv_cache": self.kv_cache,
             "decode_threads": self.decode_threads,
+            "shrink_batch": self.shrink_batch,
             "share_prefill": self.share_prefill,
             "adapter": self.adapter,
             "adapter_name": self.adapter_name,
@@ -530,8 +574,12 @@ class TransformersBackend:
             allowed = self._constraint.prefix_fn(prompt_len, params.id_list_max, self.pad_id)
             kwargs["prefix_allowed_tokens_fn"] = allowed
         kwargs.update(self._decoding_controls(params, prompt_len))
-        with torch_threads(self._threads_for_decoding(*batch["input_ids"].shape, cache_kwargs)):
-            out = self.lm.generate(**batch, **kwargs, **extra)  # (batch * n_gen, prompt_len + new)
+        if self.shrink_batch and not extra and self.kv_cache == "dynamic" and batch["input_ids"].shape[0] > 1:
+            out = self._generate_shrinking(batch, kwargs, prompt_len, params)
+        else:
+            with torch_threads(self._threads_for_decoding(*batch["input_ids"].shape, cache_kwargs)):
+                out = self.lm.generate(**batch, **kwargs, **extra)  # (batch * n_gen, prompt_len + new)
+            self.decoded_row_steps += out.shape[0] * (out.shape[1] - prompt_len)
         n_gen = 1 if greedy else params.n
         completions = []
         for row in range(len(prompts)):
@@ -540,6 +588,54 @@ class TransformersBackend:
             # Greedy decoding gives one answer: n independent copies of it.
             completions.append([dataclasses.replace(texts[0]) for _ in range(params.n)] if greedy else texts)
         return completions
+
+    def _generate_shrinking(self, batch: dict, kwargs: dict[str, Any], prompt_len: int,
+                            params: SamplingParams) -> torch.Tensor:
+        """``generate`` for a batch of rows that drops the rows that have finished.
+
+        transformers' ``generate`` decodes every row until the longest one ends; answers of a
+        few tokens beside one of 200 spent most of a batch's decoding steps on finished rows
+        (70 % in benchmarks/throughput.py at batch 8). Here each call stops once at most half
+        of its rows are still writing (:class:`_FewRowsLeft`), and the next call continues
+        those rows alone from their KV cache (``batch_select_indices``), their tokens so far
+        and their attention mask, so each row sees the same context as in one call. The
+        completion-only processors and the id constraint read the completion from
+        ``prompt_len`` on, which does not move, and the stop strings see the whole row.
+
+        Returns:
+            The rows as one ``generate`` call would: (rows, prompt_len + longest new),
+            padded with ``pad_id`` after each row's end.
+        """
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        kwargs = dict(kwargs)
+        cache_kw = _cache_kwarg(self.lm)
+        samples = kwargs.pop("num_return_sequences", 1)  # the padded batch's n samples: first call only
+        rows = ids.shape[0] * samples
+        out = torch.full((rows, prompt_len + params.max_new_tokens), self.pad_id, dtype=torch.long, device=ids.device)
+        alive = torch.arange(rows, device=ids.device)  # rows of ``out`` still writing
+        while True:
+            left = _FewRowsLeft(prompt_len, set(self.eos_ids) | {self.pad_id}, params.stop, self.tokenizer)
+            call_kwargs = dict(kwargs, max_new_tokens=params.max_new_tokens - (ids.shape[1] - prompt_len),
+                               return_dict_in_generate=True)
+            call_kwargs["stopping_criteria"] = [left]
+            if samples > 1:
+                call_kwargs["num_return_sequences"] = samples
+            with torch_threads(self._threads_for_decoding(len(alive), ids.shape[1], call_kwargs)):
+                result = self.lm.generate(input_ids=ids, attention_mask=mask, **call_kwargs)
+            seq = result.sequences
+            out[alive, :seq.shape[1]] = seq
+            self.decoded_row_steps += seq.shape[0] * (seq.shape[1] - ids.shape[1])
+            if left.writing is None or seq.shape[1] - prompt_len >= params.max_new_tokens:
+                return out[:, :seq.shape[1]]  # the rows still writing last are the longest
+            keep = left.writing
+            mask = torch.cat([mask.repeat_interleave(samples, dim=0),
+                              mask.new_ones((seq.shape[0], seq.shape[1] - mask.shape[1]))], dim=1)[keep]
+            samples = 1
+            ids = seq[keep]
+            cache = getattr(result, cache_kw)  # the output field has the forward's name for it
+            cache.batch_select_indices(keep)
+            kwargs[cache_kw] = cache
+            alive = alive[keep]
 
     def _threads_for_decoding(self, rows: int, context: int, cache_kwargs: dict) -> int | None:
         """Torch threads for ``generate`` (None: unchanged). Only when the prompts are already in
