@@ -16,7 +16,9 @@ one learns its cached prefix from the prompts seen before, so a question repeate
 finds its whole reranker prompt cached and costs less than a new one. Each round also runs a process as the backend was before
 its output projection was handed contiguous rows (``strided``: the pre-hook removed; with the
 reranker adapter attached, a batched scoring pass then copies the vocabulary projection per
-row); ``--no-compare-strided`` skips it. Prints a markdown table of the mean seconds per phase
+row; ``--no-compare-strided`` skips it) and one with transformers' own SDPA attention instead
+of the backend's packed attention for a lone decoding position (``sdpa``; ``--no-compare-sdpa``
+skips it). Prints a markdown table of the mean seconds per phase
 and writes JSON. ``benchmarks/cold_start.py`` times the whole command.
 """
 
@@ -39,7 +41,7 @@ QUICK = {"runs": 1, "max_new_tokens": 16}
 CHILD = r"""
 import json, sys, time
 t0 = time.perf_counter()
-question, max_new_tokens, strided, next_question = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "strided", sys.argv[4]
+question, max_new_tokens, variant, next_question = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 marks = {}
 from dynamicrag.runtime import set_thread_env_defaults
 set_thread_env_defaults()  # before torch loads, as the CLI does
@@ -53,8 +55,11 @@ marks["import transformers, peft"] = time.perf_counter()
 from dynamicrag.api import DynamicRAG
 rag = DynamicRAG.from_documents(None, retriever="bm25", **({"answer_max_tokens": max_new_tokens} if max_new_tokens else {}))
 marks["load model, adapter, index"] = time.perf_counter()
-if strided:  # the backend before the fix: no pre-hook making the output projection's input contiguous
-    rag.pipeline.generator.backend.lm.get_output_embeddings()._forward_pre_hooks.clear()
+lm = rag.pipeline.generator.backend.lm
+if variant == "strided":  # the backend before the fix: no pre-hook making the output projection's input contiguous
+    lm.get_output_embeddings()._forward_pre_hooks.clear()
+if variant == "sdpa":  # the backend before the packed decoding attention: transformers' own SDPA
+    lm.set_attn_implementation("sdpa")
 spent = {"order": 0.0, "select": 0.0, "generate": 0.0}
 def timed(name, fn):
     def wrapper(*a, **k):
@@ -104,13 +109,15 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=0, help="The answer's cap (0: ask's own, 64 for a short answer)")
     ap.add_argument("--no-compare-strided", dest="compare_strided", action="store_false",
                     help="Skip the processes run as before the output projection's input was made contiguous")
+    ap.add_argument("--no-compare-sdpa", dest="compare_sdpa", action="store_false",
+                    help="Skip the processes run with transformers' own SDPA attention (before the packed decoding attention)")
     ap.add_argument("--json", type=Path, default=None)
     args = parse_args(ap, QUICK)
 
     runs = []
     with tempfile.TemporaryDirectory(prefix="dynamicrag-phases-") as cache:
         env = {**os.environ, "DYNAMICRAG_CACHE": cache, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-        variants = ["shipped", "strided"] if args.compare_strided else ["shipped"]
+        variants = ["shipped"] + ["strided"] * args.compare_strided + ["sdpa"] * args.compare_sdpa
         for i in range(args.runs + 1):
             # Alternating the variants within each round spreads any drift of the machine over both.
             for variant in variants[:1] if i == 0 else variants:
@@ -143,7 +150,8 @@ def main() -> None:
     print_header(args, f"`ask` phases, {len(by_variant['shipped'])} fresh process(es) per variant, the question "
                  f"{args.question!r}; JSON: {path}",
                  f"k {runs[0]['k']}, order_by {runs[0]['order_by']}, answer: {runs[0]['answer']!r}")
-    headers = {"shipped": "seconds (mean)", "strided": "seconds, head input strided (before)"}
+    headers = {"shipped": "seconds (mean)", "strided": "seconds, head input strided (before)",
+               "sdpa": "seconds, transformers' SDPA (before)"}
     print(markdown_table(["phase", *(headers[v] for v in variants), "share"], rows))
 
 

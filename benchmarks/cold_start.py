@@ -18,6 +18,10 @@ to a new temporary folder (the user's own cache is neither read nor touched):
    server, so a warm ``ask`` pays only the question and the client's start. Each question is
    new to the server (repeated right after its start, a question finds its whole prompt in
    the prefix cache).
+4b. With ``--compare-teardown`` (the default), each warm run is followed by the same command
+   through the Typer app itself (``python -c "from dynamicrag.cli import app; app()" ask ...``),
+   which ends the way every Python process does, tearing the interpreter down; the console
+   script (``dynamicrag.cli.run``) ends ``ask`` without that teardown.
 5. With ``--compare-old`` (the default), the same cold run in a second empty cache and the
    same warm runs with the transformers backend as it was before the speed work (``--backend-option
    dtype=float32 prefix_cache=false prefill=batch`` and OpenMP's own wait policy), so the
@@ -64,7 +68,7 @@ SERVER_QUESTIONS = ("How is the reranker trained?", "Which backends can run the 
 def dynamicrag_command() -> list[str]:
     """The installed ``dynamicrag`` console script, else the same entry point through python."""
     script = shutil.which("dynamicrag")
-    return [script] if script else [sys.executable, "-c", "from dynamicrag.cli import app; app()"]
+    return [script] if script else [sys.executable, "-c", "from dynamicrag.cli import run; run()"]
 
 
 def child_env(cache: str, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -139,6 +143,8 @@ def main() -> None:
                     help="Also `ask --server` against a running `dynamicrag serve` (first question and --warm more)")
     ap.add_argument("--compare-old", action=argparse.BooleanOptionalAction, default=True,
                     help="Also the cold and warm runs with the backend as it was before the speed work")
+    ap.add_argument("--compare-teardown", action=argparse.BooleanOptionalAction, default=True,
+                    help="Also each warm run through the Typer app itself, which exits with the interpreter's teardown")
     ap.add_argument("--json", type=Path, default=None)
     args = parse_args(ap, QUICK)
 
@@ -150,7 +156,11 @@ def main() -> None:
     # (label, command, which cache: "new" or "old", environment overrides)
     plan = [("floor: dynamicrag --help", [*base, "--help"], "new", {}), ("cold", ask, "new", {})]
     plan += [] if args.no_index_cold else [("index only cold", ask, "new", {})]
-    plan += [(f"warm {i + 1}", ask, "new", {}) for i in range(args.warm)]
+    # The app without the console script's exit (the interpreter's teardown), alternating with the warm runs.
+    with_teardown = [sys.executable, "-c", "from dynamicrag.cli import app; app()", *ask[len(base):]]
+    for i in range(args.warm):
+        plan += [(f"warm {i + 1}", ask, "new", {})]
+        plan += [(f"teardown: warm {i + 1}, exit through the interpreter", with_teardown, "new", {})] if args.compare_teardown else []
     if args.compare_old:
         plan += [("cold, old backend", old_ask, "old", OLD_ENV)]
         plan += [(f"warm {i + 1}, old backend", old_ask, "old", OLD_ENV) for i in range(args.warm)]
@@ -178,6 +188,7 @@ def main() -> None:
     warm = [r for r in warm_all if not r["run"].endswith("via server")]
     via_server = [r for r in warm_all if r["run"].endswith("via server")]
     cold, cold_old = ok("cold", False), ok("cold", True)
+    teardown = ok("teardown", False)
     result = {
         "question": args.question,
         "corpus": str(args.corpus) if args.corpus else "bundled docs",
@@ -186,6 +197,7 @@ def main() -> None:
         "runs": runs,
         "warm_mean_seconds": mean(r["seconds"] for r in warm),
         "warm_mean_seconds_old": mean(r["seconds"] for r in warm_old),
+        "warm_mean_seconds_with_teardown": mean(r["seconds"] for r in teardown) if teardown else None,
         "warm_mean_seconds_via_server": mean(r["seconds"] for r in via_server) if via_server else None,
         "server": served,
         "cold_seconds": cold[0]["seconds"] if cold else None,
@@ -210,6 +222,8 @@ def main() -> None:
         *([f"Backend: {backend_line}"] if backend_line else []),
         f"Warm: mean {fmt(result['warm_mean_seconds'], '.1f')} s (target <= {TARGET_WARM_S:.0f} s; old backend "
         f"{fmt(result['warm_mean_seconds_old'], '.1f')} s): {verdict(result['warm_met'])}",
+        *([f"Warm through the Typer app, exiting with the interpreter's teardown: mean "
+           f"{fmt(result['warm_mean_seconds_with_teardown'], '.1f')} s"] if teardown else []),
         *([f"Warm through a running server (`ask --server`; server start {served['startup_seconds']:.1f} s, peak RSS "
            f"{served['peak_rss_mb']:.0f} MB): mean {fmt(result['warm_mean_seconds_via_server'], '.1f')} s (target <= "
            f"{TARGET_WARM_S:.0f} s): {verdict(result['warm_via_server_met'])}"] if served else []),

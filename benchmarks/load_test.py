@@ -111,7 +111,7 @@ def server_argv(args: argparse.Namespace, port: int) -> list[str]:
         return [sys.executable, __file__, "--serve-child", "--fake-latency", str(args.fake_latency),
                 "--passages", str(args.passages), *limits]
     script = shutil.which("dynamicrag")
-    cli = [script] if script else [sys.executable, "-c", "from dynamicrag.cli import app; app()"]
+    cli = [script] if script else [sys.executable, "-c", "from dynamicrag.cli import run; run()"]
     return [*cli, "serve", "--host", "127.0.0.1", *limits, "--max-passages", str(max(args.passages, 10)),
             *(["--model", args.model] if args.model else [])]
 

@@ -204,3 +204,45 @@ def test_infer_cuts_k_by_the_retrievers_scores_with_adaptive_k_and_threshold(sha
         assert record["selected"] == [i for i, s in enumerate(scores, 1) if scores[0] - s <= 0.1 * abs(scores[0])]
     result = runner.invoke(app, ["infer", *map(str, common), "--output", str(tmp_path / "x.jsonl"), "--reranker", "threshold"])
     assert result.exit_code == 2 and "--reranker threshold needs --threshold, --max-drop or both" in result.output
+
+
+@pytest.mark.slow
+def test_ask_ends_the_process_without_the_teardown_and_other_commands_exit_normally(smollm, monkeypatch, capsys,
+                                                                                   tmp_path):
+    """The console script: after `ask` the whole JSON is printed and the process ends at once
+    with the command's exit status (os._exit, the process boundary, is the one thing replaced
+    here), also when it fails; a command that writes files (`index`) exits the normal way."""
+    import sys
+
+    from dynamicrag import cli
+
+    class Ended(Exception):
+        pass
+
+    def end(code: int) -> None:
+        raise Ended(code)
+
+    def run(*args: str) -> None:
+        monkeypatch.setattr(sys, "argv", ["dynamicrag", *args])
+        cli.run()
+
+    monkeypatch.setattr(cli.os, "_exit", end)
+    monkeypatch.setattr(cli, "_SKIP_TEARDOWN", False)
+    with pytest.raises(Ended) as ended:
+        run("ask", "How does DynamicRAG choose the number of passages?", "--json", *FAST)
+    assert ended.value.args == (0,)
+    record = json.loads(capsys.readouterr().out)
+    assert record["error"] is None and record["answer"]
+
+    with pytest.raises(Ended) as ended:
+        run("ask", "Anything?", "--corpus", str(tmp_path / "missing"))
+    assert ended.value.args[0] not in (0, None)
+    assert "missing" in " ".join(capsys.readouterr().err.split())
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("# Rivers\nThe Nile is a river in Africa.\n")
+    monkeypatch.setattr(cli, "_SKIP_TEARDOWN", False)
+    with pytest.raises(SystemExit) as done:
+        run("index", str(docs), "--out", str(tmp_path / "index"))
+    assert done.value.code == 0 and (tmp_path / "index").is_dir()

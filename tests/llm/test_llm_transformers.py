@@ -257,6 +257,48 @@ def test_a_batch_drops_its_finished_rows_without_changing_any_rows_output(smollm
             [[c.text for c in cs] for cs in first]
 
 
+def test_a_single_sequence_decodes_with_packed_attention_and_the_same_outputs(smollm, nq_chats):
+    """The backend's models run the packed attention (a lone decoding position without a mask
+    is one SDPA product per key/value head); in fp32 each prompt decoded alone gives the greedy
+    text and token count of transformers' own SDPA, for answers and for id lists; the function
+    equals SDPA's on the masked, multi-position and grouped cases it leaves to it."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from dynamicrag.llm.transformers_backend import PACKED_ATTENTION, _sdpa_packed_decode
+
+    rerank, generate = nq_chats
+    backend = TransformersBackend(dtype="float32")
+    assert backend.describe()["attention"] == PACKED_ATTENTION
+    assert smollm.describe()["attention"] == PACKED_ATTENTION  # the default backend's model too
+
+    def one_by_one(chats, params):
+        return [(c[0].text, c[0].completion_tokens) for chats_one in chats
+                for c in backend.generate([chats_one], params)]
+
+    answers = SamplingParams(max_new_tokens=48, no_repeat_ngram_size=3)
+    ids = SamplingParams(max_new_tokens=12, id_list_max=5)
+    packed = one_by_one(generate, answers), one_by_one(rerank[:4], ids)
+    backend.lm.set_attn_implementation("sdpa")
+    try:
+        backend.clear_prefix_cache()
+        assert (one_by_one(generate, answers), one_by_one(rerank[:4], ids)) == packed
+    finally:
+        backend.lm.set_attn_implementation(PACKED_ATTENTION)
+
+    class Layer(torch.nn.Module):
+        num_key_value_groups = 3
+
+    layer = Layer().eval()
+    torch.manual_seed(0)
+    keys, values = torch.randn(2, 3, 40, 64), torch.randn(2, 3, 40, 64)
+    for positions, mask in ((1, None), (1, torch.rand(2, 1, 1, 40) > 0.3), (5, None)):
+        query = torch.randn(2, 9, positions, 64)
+        got, _ = _sdpa_packed_decode(layer, query, keys, values, mask, scaling=0.125)
+        want, _ = sdpa_attention_forward(layer, query, keys, values, mask, scaling=0.125)
+        assert got.shape == want.shape == (2, positions, 9, 64)
+        torch.testing.assert_close(got, want)
+
+
 def test_one_sequence_decodes_on_one_thread_under_passive_then_threads_are_restored(smollm, nq_chats, monkeypatch):
     """After the prompt is encoded on every thread, decoding one sequence runs on one thread
     under PASSIVE (a batch, or another policy, keeps them all), gives the same greedy tokens,
