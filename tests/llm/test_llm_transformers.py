@@ -272,8 +272,8 @@ def test_a_single_sequence_decodes_with_packed_attention_and_the_same_outputs(sm
     assert smollm.describe()["attention"] == PACKED_ATTENTION  # the default backend's model too
 
     def one_by_one(chats, params):
-        return [(c[0].text, c[0].completion_tokens) for chats_one in chats
-                for c in backend.generate([chats_one], params)]
+        done = [backend.generate([chat], params)[0][0] for chat in chats]
+        return [(c.text, c.completion_tokens) for c in done]
 
     answers = SamplingParams(max_new_tokens=48, no_repeat_ngram_size=3)
     ids = SamplingParams(max_new_tokens=12, id_list_max=5)
