@@ -18,7 +18,8 @@ its output projection was handed contiguous rows (``strided``: the pre-hook remo
 reranker adapter attached, a batched scoring pass then copies the vocabulary projection per
 row; ``--no-compare-strided`` skips it) and one with transformers' own SDPA attention instead
 of the backend's packed attention for a lone decoding position (``sdpa``; ``--no-compare-sdpa``
-skips it). Prints a markdown table of the mean seconds per phase
+skips it) and one decoding with the model's bf16 weights instead of their int8 copy
+(``bf16-decode``: ``decode_weights="model"``; ``--no-compare-decode-weights`` skips it). Prints a markdown table of the mean seconds per phase
 and writes JSON. ``benchmarks/cold_start.py`` times the whole command.
 """
 
@@ -53,7 +54,10 @@ import peft, transformers  # noqa: F401
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401  (lazy modules resolved)
 marks["import transformers, peft"] = time.perf_counter()
 from dynamicrag.api import DynamicRAG
-rag = DynamicRAG.from_documents(None, retriever="bm25", **({"answer_max_tokens": max_new_tokens} if max_new_tokens else {}))
+options = {"answer_max_tokens": max_new_tokens} if max_new_tokens else {}
+if variant == "bf16-decode":  # the backend before int8 decoding weights: bf16 for every product
+    options["backend_options"] = {"decode_weights": "model"}
+rag = DynamicRAG.from_documents(None, retriever="bm25", **options)
 marks["load model, adapter, index"] = time.perf_counter()
 lm = rag.pipeline.generator.backend.lm
 if variant == "strided":  # the backend before the fix: no pre-hook making the output projection's input contiguous
@@ -111,6 +115,8 @@ def main() -> None:
                     help="Skip the processes run as before the output projection's input was made contiguous")
     ap.add_argument("--no-compare-sdpa", dest="compare_sdpa", action="store_false",
                     help="Skip the processes run with transformers' own SDPA attention (before the packed decoding attention)")
+    ap.add_argument("--no-compare-decode-weights", dest="compare_decode_weights", action="store_false",
+                    help="Skip the processes that decode with the model's bf16 weights (before the int8 decoding weights)")
     ap.add_argument("--json", type=Path, default=None)
     args = parse_args(ap, QUICK)
 
@@ -118,6 +124,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="dynamicrag-phases-") as cache:
         env = {**os.environ, "DYNAMICRAG_CACHE": cache, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         variants = ["shipped"] + ["strided"] * args.compare_strided + ["sdpa"] * args.compare_sdpa
+        variants += ["bf16-decode"] * args.compare_decode_weights
         for i in range(args.runs + 1):
             # Alternating the variants within each round spreads any drift of the machine over both.
             for variant in variants[:1] if i == 0 else variants:
@@ -151,7 +158,7 @@ def main() -> None:
                  f"{args.question!r}; JSON: {path}",
                  f"k {runs[0]['k']}, order_by {runs[0]['order_by']}, answer: {runs[0]['answer']!r}")
     headers = {"shipped": "seconds (mean)", "strided": "seconds, head input strided (before)",
-               "sdpa": "seconds, transformers' SDPA (before)"}
+               "sdpa": "seconds, transformers' SDPA (before)", "bf16-decode": "seconds, bf16 decoding weights (before)"}
     print(markdown_table(["phase", *(headers[v] for v in variants), "share"], rows))
 
 

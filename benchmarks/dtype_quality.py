@@ -4,6 +4,7 @@
     python benchmarks/dtype_quality.py --variants fp32,default,bf16-plain,fp32-cache,int8
     python benchmarks/dtype_quality.py --quick        # smoke run
     python benchmarks/dtype_quality.py --shipped      # the same for the default pipeline of ask and infer
+    python benchmarks/dtype_quality.py --shipped --variants fp32,default,bf16-decode --against bf16-decode
 
 Each variant runs the same questions through the same pipeline: the dynamic reranker with
 decoding constrained to the id grammar, then the generator (--max-new-tokens), batches of
@@ -19,6 +20,8 @@ batch's longest answer ends). Variants:
   dtype alone).
 * ``fp32-cache``: fp32 with the prefix cache, row prefill and finished rows dropped (the
   cache and the batch layout alone; expected identical to fp32 up to float rounding).
+* ``bf16-decode``: the default with decoding in the model's weights, not their int8 copy
+  (``decode_weights="model"``: the default before that lever).
 * ``int8``: int8 dynamic quantisation of the linear layers (``torch.ao``, deprecated), on the
   fp32 model, with the default cache settings.
 
@@ -28,7 +31,9 @@ in the answer) and its paired difference to fp32 with a 95 % paired bootstrap CI
 difference stays within the CI, i.e. the CI includes 0), mean k, failed records and seconds per
 question. Records are appended per variant to JSONL files under --work (default: the
 project's cache, ``~/.cache/dynamicrag/benchmarks/``), so an interrupted run resumes where it
-stopped. Prints a markdown table last and writes JSON.
+stopped. ``--against NAME`` adds the default's paired match difference to variant NAME, with its
+win/tie/loss counts and shares of identical selections and answers: one lever's before/after.
+Prints a markdown table last and writes JSON.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ VARIANTS = {
     "bf16-plain": {"dtype": "bfloat16", "prefix_cache": False, "prefill": "batch", "shrink_batch": False},
     "fp32-cache": {"dtype": "float32"},
     "int8": {"int8": True},
+    "bf16-decode": {"decode_weights": "model"},
 }
 REFERENCE = "fp32"
 QUICK = {"questions": 4, "top_n": 3, "max_new_tokens": 8, "corpus_limit": 500}
@@ -148,6 +154,8 @@ def main() -> None:
     ap.add_argument("--shipped", action="store_true",
                     help="The default pipeline of ask and infer (shipped reranker adapter, its free decoding, passage cap "
                     "and query-likelihood order) instead of the untrained model constrained")
+    ap.add_argument("--against", default=None,
+                    help="Also the default's paired match difference to this variant (e.g. bf16-decode: one lever's before/after)")
     ap.add_argument("--json", type=Path, default=None)
     args = parse_args(ap, QUICK)
     if args.max_new_tokens is None and not args.shipped:
@@ -158,6 +166,8 @@ def main() -> None:
         ap.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
     if REFERENCE not in names:
         names.insert(0, REFERENCE)
+    if args.against and ("default" not in names or args.against not in names):
+        ap.error(f"--against {args.against} compares the default with it: list both in --variants")
 
     setup = nq_setup(argparse.Namespace(questions=args.skip + args.questions, corpus_limit=args.corpus_limit))
     examples = setup.top(args.top_n, setup.examples[args.skip:])
@@ -193,9 +203,20 @@ def main() -> None:
         verdict = {"identical_selections": kept["identical_selections"], "target": TARGET_IDENTICAL,
                    "identical_met": kept["identical_selections"] >= TARGET_IDENTICAL,
                    "match_within_ci": kept["within_ci"]}
+    against = None
+    if args.against:
+        before, after = runs[args.against], runs["default"]
+        diff, low, high = paired_ci([r["match"] for r in before], [r["match"] for r in after])
+        wins = sum(b["match"] > a["match"] for a, b in zip(before, after))
+        losses = sum(b["match"] < a["match"] for a, b in zip(before, after))
+        against = {"variant": args.against, "match_diff": diff, "match_diff_ci95": [low, high],
+                   "wins": wins, "ties": len(after) - wins - losses, "losses": losses,
+                   "identical_selections": mean(a["selected"] == b["selected"] for a, b in zip(before, after)),
+                   "identical_answers": mean(a["answer"] == b["answer"] for a, b in zip(before, after))}
     result = {"model": MODEL_NAME, "shipped": args.shipped, "questions": f"NQ {args.skip}-{args.skip + args.questions - 1}",
               "top_n": args.top_n, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
-              "reference": REFERENCE, "rows": rows, "issue18": verdict, "work": str(work)}
+              "reference": REFERENCE, "rows": rows, "issue18": verdict, "default_against": against,
+              "work": str(work)}
     path = write_result("dtype_quality", result, args)
 
     reranker = ("the shipped reranker adapter (free decoding, its passage cap and order)" if args.shipped
@@ -208,11 +229,17 @@ def main() -> None:
     for row in rows:
         b = row["backend"]
         lines.append(f"- {row['variant']}: {b.get('dtype_reason')}, prefix cache {b.get('prefix_cache')}, "
-                     f"prefill {b.get('prefill')}, kv cache {b.get('kv_cache')}, shrink batch {b.get('shrink_batch')}")
+                     f"prefill {b.get('prefill')}, kv cache {b.get('kv_cache')}, shrink batch {b.get('shrink_batch')}, "
+                     f"decode weights {b.get('decode_weights')}")
     if verdict is not None:
         lines.append(f"Kept settings: identical selections {100 * verdict['identical_selections']:.1f}% (target >= "
                      f"{100 * TARGET_IDENTICAL:.0f}%): {'met' if verdict['identical_met'] else 'NOT met'}; the paired 95% CI "
                      f"of the match difference {'includes' if verdict['match_within_ci'] else 'EXCLUDES'} 0")
+    if against is not None:
+        lines.append(f"default against {against['variant']}: match {100 * against['match_diff']:+.1f} "
+                     f"[{100 * against['match_diff_ci95'][0]:+.1f}, {100 * against['match_diff_ci95'][1]:+.1f}] "
+                     f"(paired 95% CI), W/T/L {against['wins']}/{against['ties']}/{against['losses']}, identical "
+                     f"selections {100 * against['identical_selections']:.1f}%, answers {100 * against['identical_answers']:.1f}%")
     print_header(args, *lines)
     print(markdown_table(
         ["variant", "identical selections", "identical answers", "match", "match - fp32 [95% CI]", "mean k", "failed",

@@ -20,6 +20,9 @@ Variants (``--variants``, comma-separated):
   backend's batch size matches, so each LLM call runs them in one batch).
 * ``transformers-b8-full``: batch 8 with ``shrink_batch=False``: every row of a batch decoded
   until its longest answer ends, as transformers' ``generate`` does (the before of that lever).
+* ``transformers-b1-bf16-decode`` / ``transformers-b8-bf16-decode``: the default with
+  ``decode_weights="model"``: decoding reads the bf16 weights, not their int8 copy (the before
+  of that lever).
 * ``transformers-fp32-b1`` / ``transformers-fp32-b8``: the backend as it was before the speed work
   (fp32, no prefix cache, padded batch prefill, finished rows kept, OpenMP's default wait policy), for the
   before/after of the same run.
@@ -88,6 +91,9 @@ VARIANTS = {
     "transformers-b16": {"backend": "transformers", "batch": 16},
     # The default without dropping finished rows from a batch (the lever's before/after).
     "transformers-b8-full": {"backend": "transformers", "batch": 8, "options": {"shrink_batch": False}},
+    # The default decoding with the model's bf16 weights, not their int8 copy (that lever's before/after).
+    "transformers-b1-bf16-decode": {"backend": "transformers", "batch": 1, "options": {"decode_weights": "model"}},
+    "transformers-b8-bf16-decode": {"backend": "transformers", "batch": 8, "options": {"decode_weights": "model"}},
     "transformers-fp32-b1": {"backend": "transformers", "batch": 1, **OLD},
     "transformers-fp32-b8": {"backend": "transformers", "batch": 8, **OLD},
     "llamacpp": {"backend": "llamacpp", "batch": 8},

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 
 import pexpect
@@ -23,7 +24,10 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 def start_chat() -> pexpect.spawn:
     env = {**os.environ, "NO_COLOR": "1", "TERM": "xterm", "COLUMNS": "160"}
-    return pexpect.spawn(CHAT[0], CHAT[1:], env=env, encoding="utf-8", timeout=120, dimensions=(50, 160))
+    # Ctrl-C as in a person's terminal: a test run started in the background (`pytest &` from a
+    # script) ignores SIGINT, and the chat would inherit that.
+    return pexpect.spawn(CHAT[0], CHAT[1:], env=env, encoding="utf-8", timeout=120, dimensions=(50, 160),
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def turn(chat: pexpect.spawn, question: str) -> tuple[int, list[str], str]:

@@ -52,7 +52,9 @@ SPEED_KEYS = frozenset({
     "described",
 })
 """Keys of a backend's ``describe()`` (or spec) that change its speed, not its outputs.
-``dtype`` is not one of them: it is the precision the outputs are computed in."""
+``dtype`` is not one of them: it is the precision the outputs are computed in; nor is
+``decode_weights`` (int8 weights for decoding round each weight to 7 bits, which moves greedy
+answers as much as bf16 does against fp32)."""
 
 
 def settings_path(output: str | os.PathLike) -> Path:

@@ -299,6 +299,42 @@ def test_a_single_sequence_decodes_with_packed_attention_and_the_same_outputs(sm
         torch.testing.assert_close(got, want)
 
 
+def test_decoding_reads_int8_weights_and_prefill_the_models():
+    """``decode_weights``: "auto" gives a bf16 model on CPU an int8 copy of every linear layer's
+    weights and leaves fp32 (the exact fallback) alone; a product of at most 4 rows (decoding)
+    reads the int8 copy, which stays within its rounding of the bf16 product, and a product of
+    more rows (prefill) is the bf16 one exactly; the state dict has no int8 entries; the shipped
+    reranker adapter's LoRA layers wrap layers that have the copy; bad values are refused."""
+    from dynamicrag.llm.lora import attach_adapter
+    from dynamicrag.llm.adapters import shipped_adapters
+    from dynamicrag.llm.transformers_backend import choose_decode_weights
+
+    assert TransformersBackend(dtype="float32").describe()["decode_weights"] == "model"
+    backend = TransformersBackend(dtype="bfloat16")
+    assert choose_decode_weights("auto", torch.bfloat16, "cpu") == backend.describe()["decode_weights"] == "int8"
+    linears = [m for m in backend.lm.modules() if type(m) is torch.nn.Linear]
+    assert len(linears) == 30 * 7 + 1 and all(m.int8_weight.dtype is torch.int8 for m in linears)
+    assert not any("int8" in name for name in backend.lm.state_dict())
+    down = backend.lm.model.layers[3].mlp.down_proj
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        for rows in (1, 4, 5, 64):
+            x = torch.randn(rows, down.in_features, dtype=torch.bfloat16)
+            exact = torch.nn.functional.linear(x, down.weight)
+            got = down(x)
+            if rows > 4:
+                assert torch.equal(got, exact)
+            else:  # int8 keeps 7 bits a weight: relative error of a 1536-term sum ~1 %
+                assert not torch.equal(got, exact)
+                assert ((got - exact).float().norm() / exact.float().norm()) < 0.03
+    with pytest.raises(ValueError, match="decode_weights"):
+        TransformersBackend(dtype="bfloat16", decode_weights="int4")
+
+    attach_adapter(backend.lm, next(iter(shipped_adapters().values())))
+    wrapped = [m.base_layer for m in backend.lm.modules() if hasattr(m, "lora_A")]
+    assert wrapped and all(type(m) is torch.nn.Linear and hasattr(m, "int8_weight") for m in wrapped)
+
+
 def test_one_sequence_decodes_on_one_thread_under_passive_then_threads_are_restored(smollm, nq_chats, monkeypatch):
     """After the prompt is encoded on every thread, decoding one sequence runs on one thread
     under PASSIVE (a batch, or another policy, keeps them all), gives the same greedy tokens,
@@ -388,7 +424,9 @@ def test_a_prefix_cached_without_the_adapter_is_not_reused_with_it(smollm, nq_ch
 
 @pytest.mark.skipif(cpu_bf16_flag() is None, reason="no native bf16 here: the default dtype is fp32")
 def test_default_bf16_stays_within_tolerance_of_fp32(smollm, nq_chats):
-    """The default dtype (bf16 on this CPU) against fp32 on 16 real prompts.
+    """The default dtype (bf16 on this CPU, with int8 weights for products of at most 4 rows:
+    the last position's output projection here, every decoding step) against fp32 on 16 real
+    prompts.
 
     Tolerance: bf16 keeps 8 mantissa bits (relative rounding 2^-9 per operation). Over 30
     layers the next-token log-probabilities move by about 0.1-0.3 nats (measured on NQ

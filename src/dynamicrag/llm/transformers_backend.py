@@ -31,7 +31,7 @@ from dynamicrag.runtime import apply_threads, auto_decode_threads, cpu_bf16_flag
 
 logger = logging.getLogger(__name__)
 
-_MODELS: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+_MODELS: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}  # (path, device, dtype, decode weights)
 _MODELS_LOCK = threading.Lock()
 # One lock per loaded model: generate() from several threads (a thread pool, the server) runs
 # one call at a time, as the seeded RNG and a CPU's cores are shared anyway.
@@ -90,8 +90,27 @@ def _torch_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype:
     return choose_dtype(dtype, device)[0]
 
 
+def choose_decode_weights(decode_weights: str, dtype: torch.dtype, device: str) -> str:
+    """``"int8"`` or ``"model"``: the weights a loaded model's few-row products run with.
+
+    ``"auto"`` is int8 for a bf16 model on CPU (where torch has the weight-only int8 kernel)
+    and the model's own weights elsewhere: fp32 stays the exact fallback, and a GPU reads its
+    weights fast enough.
+
+    Raises:
+        ValueError: Unknown value.
+    """
+    if decode_weights not in ("auto", "int8", "model"):
+        raise ValueError(f"decode_weights must be 'auto', 'int8' or 'model', got {decode_weights!r}")
+    if decode_weights == "auto":
+        native = device == "cpu" and dtype == torch.bfloat16 and hasattr(torch, "_weight_int8pack_mm")
+        return "int8" if native else "model"
+    return decode_weights
+
+
 def load_model_and_tokenizer(
-    model: str | None = None, *, device: str = "cpu", dtype: str | torch.dtype = "auto"
+    model: str | None = None, *, device: str = "cpu", dtype: str | torch.dtype = "auto",
+    decode_weights: str = "auto",
 ) -> tuple[Any, Any]:
     """Load a causal LM and its tokenizer once per process, ready for batched generation.
 
@@ -103,6 +122,10 @@ def load_model_and_tokenizer(
         device: Torch device string.
         dtype: ``"auto"`` (see :func:`choose_dtype`: bf16 on CPUs with native bf16, else
             fp32; bf16/fp16 on GPU), a name like ``"float32"``, or a ``torch.dtype``.
+        decode_weights: ``"int8"`` gives every linear layer an int8 copy of its weights for
+            products of a few rows (decoding; see :func:`_int8_decoding_weights`), ``"model"``
+            runs them in the model's dtype, ``"auto"`` (see :func:`choose_decode_weights`):
+            int8 for a bf16 model on CPU, else the model's dtype.
 
     Returns:
         ``(model, tokenizer)``: the model in eval mode on ``device``; the tokenizer padding on
@@ -112,7 +135,8 @@ def load_model_and_tokenizer(
 
     path = resolve_model(model)
     torch_dtype, reason = choose_dtype(dtype, device)
-    key = (path, device, str(torch_dtype))
+    decode_weights = choose_decode_weights(decode_weights, torch_dtype, device)
+    key = (path, device, str(torch_dtype), decode_weights)
     with _MODELS_LOCK:
         if key not in _MODELS:
             logger.info("transformers backend: %s", reason)
@@ -127,6 +151,8 @@ def load_model_and_tokenizer(
             lm.requires_grad_(False)  # shared for inference only; peft does the same when an adapter attaches
             _contiguous_head_input(lm)
             _packed_decode_attention(lm)
+            if decode_weights == "int8":
+                _int8_decoding_weights(lm)
             _MODELS[key] = (lm, tokenizer)
         return _MODELS[key]
 
@@ -146,6 +172,46 @@ def _contiguous_head_input(lm: Any) -> None:
     head = lm.get_output_embeddings()
     if head is not None:
         head.register_forward_pre_hook(lambda module, args: (args[0].contiguous(), *args[1:]))
+
+
+# Products of at most this many rows take a linear layer's int8 weights (decode_weights="int8").
+# One 576x1536 product on one thread, bf16 against int8 weights (AMD host; benchmarks/weight_formats.py):
+# 65 against 24 us at 1 row, 65 against 49 at 4, 79 against 94 at 8.
+_INT8_MAX_ROWS = 4
+
+
+def _int8_decoding_weights(lm: Any, max_rows: int = _INT8_MAX_ROWS) -> None:
+    """Give every linear layer of ``lm`` an int8 copy of its weights for products of few rows.
+
+    A decoding step multiplies one row per sequence by every weight of the model, so it is
+    bound by reading the weights: in int8 (one scale per output row, activations kept in the
+    model's dtype; torch's ``_weight_int8pack_mm`` kernel, which torch ships without a module
+    for it outside torchao, not a dependency here) a step after a 1,474-token prompt takes
+    21.4 against 33.7 ms on one thread (AMD host, ``benchmarks/weight_formats.py``). The
+    kernel is a matrix-vector one, so prefill (many rows) keeps the model's weights:
+    ``max_rows`` is where the two cross. The copy costs
+    1 byte per weight (the tied output projection gets its own). peft's LoRA layers call the
+    layer they wrap, so an adapter adds its update on top of either path. The model must not be
+    trained or have its weights changed afterwards (the shared models are inference-only).
+    """
+    import types
+
+    def forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() > max_rows * self.in_features or x.dtype != self.int8_scale.dtype:
+            return torch.nn.functional.linear(x, self.weight, self.bias)
+        y = torch._weight_int8pack_mm(x.reshape(-1, self.in_features).contiguous(), self.int8_weight, self.int8_scale)
+        y = y.reshape(*x.shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias
+
+    for module in lm.modules():
+        if type(module) is torch.nn.Linear:  # not peft's LoRA layers, which wrap one
+            with torch.no_grad():
+                # The scale in the dtype the kernel reads it in, and the weights rounded with that one.
+                scale = (module.weight.abs().amax(1).float().clamp(min=1e-8) / 127).to(module.weight.dtype)
+                q = torch.round(module.weight.float().div_(scale.float()[:, None])).clamp_(-127, 127)
+                # Plain attributes, not buffers: the state dict stays the model's own.
+                module.int8_weight, module.int8_scale = q.to(torch.int8), scale
+            module.forward = types.MethodType(forward, module)
 
 
 # The attention the backend's models run: transformers' SDPA, except for the case below.
@@ -456,6 +522,11 @@ class TransformersBackend:
             are still writing, continue those alone from their KV cache (see
             :meth:`_generate_shrinking`). False decodes every row until the longest ends, as
             ``generate`` does (a static KV cache always does).
+        decode_weights: ``"int8"``: products of at most 4 rows (decoding one to four
+            sequences) read an int8 copy of each linear layer's weights, 1.6x faster a step
+            on one thread; prefill keeps the model's weights. ``"model"``: the model's weights
+            everywhere. ``"auto"`` (see :func:`choose_decode_weights`): int8 for bf16 on CPU.
+            A property of the loaded model, shared by the backends on it.
 
     Attributes:
         adapter_name: The peft name of the adapter this backend runs (``None``: the base
@@ -489,6 +560,7 @@ class TransformersBackend:
         kv_cache: str = "dynamic",
         decode_threads: int | str | None = "auto",
         shrink_batch: bool = True,
+        decode_weights: str = "auto",
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -501,7 +573,9 @@ class TransformersBackend:
         self.batch_size = batch_size
         self.model = resolve_model(model)
         self.dtype, self.dtype_reason = choose_dtype(dtype, device)
-        self.lm, self.tokenizer = load_model_and_tokenizer(self.model, device=device, dtype=self.dtype)
+        self.decode_weights = choose_decode_weights(decode_weights, self.dtype, device)
+        self.lm, self.tokenizer = load_model_and_tokenizer(self.model, device=device, dtype=self.dtype,
+                                                           decode_weights=self.decode_weights)
         with _MODELS_LOCK:
             self._lock = _GENERATE_LOCKS.setdefault(id(self.lm), threading.Lock())
         eos = self.lm.generation_config.eos_token_id
@@ -552,6 +626,7 @@ class TransformersBackend:
             "kv_cache": self.kv_cache,
             "decode_threads": self.decode_threads,
             "shrink_batch": self.shrink_batch,
+            "decode_weights": self.decode_weights,
             "share_prefill": self.share_prefill,
             "adapter": self.adapter,
             "adapter_name": self.adapter_name,
