@@ -127,8 +127,7 @@ def product_rows(fp32, row_counts: list[int], threads: int) -> list[dict]:
     for name, linear in chosen.items():
         bf16 = copy.deepcopy(linear).to(torch.bfloat16)
         int8 = copy.deepcopy(bf16)
-        holder = torch.nn.Sequential(int8)
-        _int8_decoding_weights(holder, max_rows=10**9)
+        _int8_decoding_weights(int8, max_rows=10**9)  # modules() includes the layer itself
         for n in sorted({threads, 1}):
             torch.set_num_threads(n)
             try:
