@@ -7,8 +7,9 @@
     python benchmarks/dtype_quality.py --shipped --variants fp32,default,bf16-decode --against bf16-decode
 
 Each variant runs the same questions through the same pipeline: the dynamic reranker with
-decoding constrained to the id grammar, then the generator (--max-new-tokens), batches of
---batch-size questions, on the bundled SmolLM2 over the same BM25 top --top-n passages of the
+decoding constrained to the id grammar, then the generator (--max-new-tokens), --chunk
+questions per pipeline call decoded --batch-size rows at a time (a finished row's place goes to
+the next prompt of the call), on the bundled SmolLM2 over the same BM25 top --top-n passages of the
 shared NQ corpus. The reference is ``fp32``: the transformers backend as it ran before issue
 18 (fp32, no prefix cache, the padded batch encoded in one pass, every row decoded until the
 batch's longest answer ends). Variants:
@@ -121,8 +122,8 @@ def run_variant(name: str, examples: list, args: argparse.Namespace, path: Path)
         if writer.done:
             log(f"{name}: resuming after {writer.done} records in {path}")
         todo = examples[writer.done:]
-        for start in range(0, len(todo), args.batch_size):
-            batch = todo[start:start + args.batch_size]
+        for start in range(0, len(todo), args.chunk):
+            batch = todo[start:start + args.chunk]
             with Timer() as t:
                 records = pipeline.run(batch)
             for record in records:
@@ -147,7 +148,10 @@ def main() -> None:
     ap.add_argument("--top-n", type=int, default=10)
     ap.add_argument("--max-new-tokens", type=int, default=None,
                     help="Generator's answer cap (default: 200 as in the paper; --shipped: each task's default, as infer)")
-    ap.add_argument("--batch-size", type=int, default=8, help="Questions per batch (infer's default)")
+    ap.add_argument("--batch-size", type=int, default=8, help="Rows the backend decodes at a time (its default)")
+    ap.add_argument("--chunk", type=int, default=None,
+                    help="Questions per pipeline call (infer's --batch-size, 64 by default; default here: --batch-size, "
+                    "one LLM batch per call, as infer ran before its prompts queued for free places)")
     ap.add_argument("--variants", default="fp32,default", help=f"Comma-separated, of {', '.join(VARIANTS)}")
     ap.add_argument("--work", type=Path, default=None,
                     help="Folder of the per-variant records (resumed); default <DYNAMICRAG_CACHE>/benchmarks/dtype_quality[.quick]/")
@@ -158,6 +162,7 @@ def main() -> None:
                     help="Also the default's paired match difference to this variant (e.g. bf16-decode: one lever's before/after)")
     ap.add_argument("--json", type=Path, default=None)
     args = parse_args(ap, QUICK)
+    args.chunk = args.chunk or args.batch_size
     if args.max_new_tokens is None and not args.shipped:
         args.max_new_tokens = 200
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -175,7 +180,7 @@ def main() -> None:
 
     work = args.work or cache_dir() / "benchmarks" / f"dtype_quality{'.quick' if args.quick else ''}"
     tag = ("shipped_" if args.shipped else "") + f"q{args.skip}-{args.skip + args.questions - 1}_top{args.top_n}_tok{args.max_new_tokens}_b{args.batch_size}" + (
-        f"_corpus{args.corpus_limit}" if args.corpus_limit else "")
+        f"_c{args.chunk}" if args.chunk != args.batch_size else "") + (f"_corpus{args.corpus_limit}" if args.corpus_limit else "")
     runs, described = {}, {}
     for name in names:
         log(f"{name}: {len(examples)} questions")
@@ -214,7 +219,7 @@ def main() -> None:
                    "identical_selections": mean(a["selected"] == b["selected"] for a, b in zip(before, after)),
                    "identical_answers": mean(a["answer"] == b["answer"] for a, b in zip(before, after))}
     result = {"model": MODEL_NAME, "shipped": args.shipped, "questions": f"NQ {args.skip}-{args.skip + args.questions - 1}",
-              "top_n": args.top_n, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
+              "top_n": args.top_n, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "chunk": args.chunk,
               "reference": REFERENCE, "rows": rows, "issue18": verdict, "default_against": against,
               "work": str(work)}
     path = write_result("dtype_quality", result, args)
@@ -223,7 +228,7 @@ def main() -> None:
                 else "dynamic reranker (constrained)")
     cap = f"{args.max_new_tokens} tokens" if args.max_new_tokens else "each task's default"
     lines = [f"NQ {args.skip}-{args.skip + args.questions - 1}, BM25 top-{args.top_n}, {reranker}, "
-             f"generator cap {cap}, batch {args.batch_size}; reference {REFERENCE} "
+             f"generator cap {cap}, batch {args.batch_size}, {args.chunk} questions per call; reference {REFERENCE} "
              f"({described[REFERENCE]['dtype_reason']}, no prefix cache, padded batch prefill, finished rows kept); "
              f"JSON: {path}"]
     for row in rows:

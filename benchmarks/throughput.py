@@ -16,10 +16,15 @@ Variants (``--variants``, comma-separated):
 * ``transformers-b1``: the default transformers backend (the kept settings: bf16 on a
   CPU with native bf16, shared-prefix KV cache, prompts prefilled one at a time, and
   OMP_WAIT_POLICY=PASSIVE as the CLI sets it), one question at a time (batch 1).
-* ``transformers-b8`` / ``transformers-b16``: the same, batches of 8 / 16 questions (the
-  backend's batch size matches, so each LLM call runs them in one batch).
-* ``transformers-b8-full``: batch 8 with ``shrink_batch=False``: every row of a batch decoded
-  until its longest answer ends, as transformers' ``generate`` does (the before of that lever).
+* ``transformers-b8`` / ``transformers-b16``: the same, decoding 8 / 16 rows at a time (the
+  backend's ``batch_size``), with ``infer``'s default of 64 questions per pipeline call: each
+  LLM call gets 64 prompts, and a row that ends gives its place to the next prompt.
+* ``transformers-b8-chunk8``: batch 8 with 8 questions per pipeline call (``infer --batch-size
+  8``, its default before): each LLM call is one batch, which decodes until its last row ends
+  (the before of the refilled places).
+* ``transformers-b8-full``: batch 8 with ``shrink_batch=False``, 8 questions per call: every row of
+  a batch decoded until its longest answer ends, as transformers' ``generate`` does (the before of
+  dropping finished rows).
 * ``transformers-b1-bf16-decode`` / ``transformers-b8-bf16-decode``: the default with
   ``decode_weights="model"``: decoding reads the bf16 weights, not their int8 copy (the before
   of that lever).
@@ -43,10 +48,11 @@ alone. Model load and one warm-up question are timed apart and excluded from the
 Reported: seconds and CPU seconds per question, questions/s, generated and prompt tokens/s
 (reranker + generator, as the backend reports them), load seconds, failed records, mean k,
 peak RSS, the share of decoding steps spent on rows that had already finished (as the
-transformers backend counts them: it drops finished rows once half of a batch has ended, see
-``transformers-b8-full`` for a batch that decodes until its longest answer ends; other
-backends: assumed to decode to the longest), and the speed targets: at most 3.0 s per
-question for ``transformers-b8`` (infer's default batch) and batch 8 at least 1.3x faster per
+transformers backend counts them: it drops finished rows once half of a batch has ended, or
+at once when a prompt waits for the place, see ``transformers-b8-full`` for a batch that
+decodes until its longest answer ends; other backends: assumed to decode to the longest), and
+the speed targets: at most 3.0 s per question for ``transformers-b8`` (infer's defaults: 8
+rows, 64 questions per call) and batch 8 at least 1.3x faster per
 question than batch 1, each with the old backend's figure beside it. Prints a markdown table
 last and writes JSON (with each variant's backend settings).
 """
@@ -85,20 +91,25 @@ from dynamicrag.run_settings import run_settings
 # every row decoded until the batch's longest answer ends, OpenMP's own wait policy (an empty
 # OMP_WAIT_POLICY is treated as unset).
 OLD = {"options": {"dtype": "float32", "prefix_cache": False, "prefill": "batch", "shrink_batch": False}, "env": {"OMP_WAIT_POLICY": ""}}
+# "batch": rows the backend decodes at a time; "chunk": questions per pipeline call (infer's
+# --batch-size; default: CHUNK for a batched variant).
+CHUNK = 64
 VARIANTS = {
-    "transformers-b1": {"backend": "transformers", "batch": 1},
+    "transformers-b1": {"backend": "transformers", "batch": 1, "chunk": 1},
     "transformers-b8": {"backend": "transformers", "batch": 8},
     "transformers-b16": {"backend": "transformers", "batch": 16},
+    # Each LLM call one batch of 8 (infer's default before): no prompt waiting for a place.
+    "transformers-b8-chunk8": {"backend": "transformers", "batch": 8, "chunk": 8},
     # The default without dropping finished rows from a batch (the lever's before/after).
-    "transformers-b8-full": {"backend": "transformers", "batch": 8, "options": {"shrink_batch": False}},
+    "transformers-b8-full": {"backend": "transformers", "batch": 8, "chunk": 8, "options": {"shrink_batch": False}},
     # The default decoding with the model's bf16 weights, not their int8 copy (that lever's before/after).
-    "transformers-b1-bf16-decode": {"backend": "transformers", "batch": 1, "options": {"decode_weights": "model"}},
+    "transformers-b1-bf16-decode": {"backend": "transformers", "batch": 1, "chunk": 1, "options": {"decode_weights": "model"}},
     "transformers-b8-bf16-decode": {"backend": "transformers", "batch": 8, "options": {"decode_weights": "model"}},
-    "transformers-fp32-b1": {"backend": "transformers", "batch": 1, **OLD},
-    "transformers-fp32-b8": {"backend": "transformers", "batch": 8, **OLD},
-    "llamacpp": {"backend": "llamacpp", "batch": 8},
-    "llamacpp-allcores": {"backend": "llamacpp", "batch": 8, "n_threads": os.cpu_count()},
-    "openai-b16": {"backend": "openai", "batch": 16},
+    "transformers-fp32-b1": {"backend": "transformers", "batch": 1, "chunk": 1, **OLD},
+    "transformers-fp32-b8": {"backend": "transformers", "batch": 8, "chunk": 8, **OLD},
+    "llamacpp": {"backend": "llamacpp", "batch": 8, "chunk": 8},
+    "llamacpp-allcores": {"backend": "llamacpp", "batch": 8, "chunk": 8, "n_threads": os.cpu_count()},
+    "openai-b16": {"backend": "openai", "batch": 16, "chunk": 16},
 }
 QUICK = {"questions": 1, "top_n": 2, "max_new_tokens": 4, "corpus_limit": 500,
          "variants": "transformers-b1,transformers-b8,transformers-fp32-b8,llamacpp-allcores,openai-b16"}
@@ -131,7 +142,7 @@ def child(args: argparse.Namespace) -> dict:
     from dynamicrag.rerank import DynamicReranker
 
     spec = VARIANTS[args.variant]
-    batch = spec["batch"]
+    batch, chunk = spec["batch"], spec.get("chunk", CHUNK)
     setup = nq_setup(args, extra_questions=1 + args.skip)
     # Without their own passages, so the pipeline retrieves (as spine.py and `infer --index`).
     questions = [ex.model_copy(update={"passages": []}) for ex in setup.examples[args.skip:]]
@@ -150,14 +161,14 @@ def child(args: argparse.Namespace) -> dict:
         steps_before = getattr(backend, "decoded_row_steps", None)
         todo = questions[1:]
         with Timer() as t:
-            records = [r for i in range(0, len(todo), batch) for r in pipeline.run(todo[i : i + batch])]
+            records = [r for i in range(0, len(todo), chunk) for r in pipeline.run(todo[i : i + chunk])]
     finally:
         if server is not None:
             server.stop()
     usage = meter.totals()
     ok = [r for r in records if not r["error"]]
     return {
-        "variant": args.variant, "backend": spec["backend"], "batch": batch, "questions": len(records),
+        "variant": args.variant, "backend": spec["backend"], "batch": batch, "chunk": chunk, "questions": len(records),
         "seconds": t.wall, "seconds_per_question": t.wall / len(records),
         "cpu_seconds_per_question": t.cpu / len(records),
         "questions_per_second": len(records) / t.wall,
@@ -245,9 +256,9 @@ def main() -> None:
         *[f"- {line}" for line in checks["lines"]],
     )
     print(markdown_table(
-        ["variant", "batch", "s/question", "CPU s/question", "questions/s", "generated tok/s", "prompt tok/s",
+        ["variant", "batch", "questions per call", "s/question", "CPU s/question", "questions/s", "generated tok/s", "prompt tok/s",
          "finished-row decode steps", "load s", "failed", "mean k", "peak RSS MB"],
-        [[r["variant"], r["batch"] if r["backend"] != "llamacpp" else "1 (sequential)",
+        [[r["variant"], r["batch"] if r["backend"] != "llamacpp" else "1 (sequential)", r.get("chunk", r["batch"]),
           f"{r['seconds_per_question']:.2f}", f"{r['cpu_seconds_per_question']:.1f}", f"{r['questions_per_second']:.3f}",
           f"{r['generated_tokens_per_second']:.1f}", f"{r['prompt_tokens_per_second']:.0f}",
           percent(r.get("finished_row_steps")), f"{r['load_seconds']:.1f}", f"{r['failed']}/{r['questions']}", fmt(r["mean_k"]),

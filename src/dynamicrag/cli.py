@@ -153,7 +153,9 @@ def retrieve(output: Path = OUTPUT, index_dir: str = index_option(required=True)
                                                        "threshold", "max_drop", "retrieve"),
               roles=ROLES, decoding=decoding_options(labels=True), executor=EXECUTOR, logs=VERBOSE)
 def infer(output: Path = OUTPUT, index_dir: Optional[str] = index_option(),
-          batch_size: int = batch_size_option(8, "Examples per model batch"),
+          batch_size: int = batch_size_option(64, "Examples per model call and per write (the transformers backend "
+                                                  "decodes its own batch_size rows at a time, 8 unless --backend-option "
+                                                  "says otherwise, and gives a finished answer's place to the next example)"),
           *, inputs: Any, method: dict, roles: dict, decoding: Any, executor: Any, logs: None) -> None:
     """Answer every question of INPUT: one output record per input record, in order."""
     from dynamicrag.build import pipeline_batch_fn, stage_settings

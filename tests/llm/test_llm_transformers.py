@@ -257,6 +257,69 @@ def test_a_batch_drops_its_finished_rows_without_changing_any_rows_output(smollm
             [[c.text for c in cs] for cs in first]
 
 
+def test_more_prompts_than_rows_take_the_places_of_finished_rows_without_changing_any_output(smollm, nq_chats):
+    """A call with more prompts than ``batch_size`` decodes them as one queue: a row that ends
+    gives its place to the next prompt (continuous batching). Every prompt gets the text, token
+    count and finish reason of batches decoded one after the other to their longest answer:
+    the n-gram ban, the frequency penalty, the stop strings and the id grammar read each row's
+    completion from its own column. It takes fewer forward passes than the same prompts batch
+    by batch, and n samples per prompt come back n each, the same again under the same seed."""
+    rerank, generate = nq_chats
+    queue = TransformersBackend(dtype="float32", batch_size=3)
+    full = TransformersBackend(dtype="float32", batch_size=3, shrink_batch=False)
+    forwards = []
+    hook = queue.lm.register_forward_pre_hook(lambda module, args: forwards.append(1))
+
+    def texts(backend, chats, params):
+        return [(c[0].text, c[0].completion_tokens, c[0].finish_reason) for c in backend.generate(chats, params)]
+
+    try:
+        answers = SamplingParams(max_new_tokens=48, no_repeat_ngram_size=3, frequency_penalty=0.3, stop=("\n\n",))
+        expected = texts(full, generate, answers)
+        assert len({tokens for _, tokens, _ in expected}) > 2  # rows end at different steps
+        forwards.clear()
+        assert texts(queue, generate, answers) == expected
+        queued = len(forwards)
+        forwards.clear()
+        one_batch_at_a_time = [t for i in range(0, 8, 3) for t in texts(queue, generate[i:i + 3], answers)]
+        assert one_batch_at_a_time == expected
+        assert queued < len(forwards)
+
+        ids = SamplingParams(max_new_tokens=12, id_list_max=5)
+        assert texts(queue, rerank, ids) == texts(full, rerank, ids)
+    finally:
+        hook.remove()
+
+    sampled = SamplingParams(max_new_tokens=24, id_list_max=5, temperature=1.0, n=2, seed=3)
+    first = queue.generate(rerank[:5], sampled)  # one prompt's 2 rows join at a time
+    assert [len(c) for c in first] == [2] * 5
+    assert all(is_complete(c.text, 5) and c.prompt_tokens == queue.count_tokens(rerank[i])
+               for i, cs in enumerate(first) for c in cs)
+    assert [[c.text for c in cs] for cs in queue.generate(rerank[:5], sampled)] == [[c.text for c in cs] for cs in first]
+
+
+def test_the_decoding_cache_appends_in_place_and_holds_what_concatenation_would(smollm):
+    """The KV cache the backend decodes from writes each step's keys and values into spare
+    room (no copy of the whole cache per step, as ``DynamicCache``'s concatenation makes) and
+    holds exactly the concatenated tensors, also after rows are dropped or the cache cropped."""
+    from dynamicrag.llm.transformers_backend import _decoding_cache
+
+    cache = _decoding_cache(smollm.lm.config)
+    torch.manual_seed(0)
+    steps = [torch.randn(3, 3, n, 64) for n in (40, 1, 1, 1)]
+    for i, step in enumerate(steps):
+        keys, _ = cache.update(step, -step, 0)
+        if i == 1:
+            first = keys.data_ptr()
+    assert keys.data_ptr() == first  # steps 2-4 wrote into the room the first step made
+    assert torch.equal(keys, torch.cat(steps, dim=2)) and torch.equal(cache.layers[0].values, -keys)
+    cache.batch_select_indices(torch.tensor([0, 2]))
+    keys, _ = cache.update(steps[1][:2], -steps[1][:2], 0)
+    assert torch.equal(keys, torch.cat([*(s[[0, 2]] for s in steps), steps[1][:2]], dim=2))
+    cache.crop(-2)
+    assert torch.equal(cache.update(steps[2][:2], -steps[2][:2], 0)[0], torch.cat([*(s[[0, 2]] for s in steps[:3]), steps[2][:2]], dim=2))
+
+
 def test_a_single_sequence_decodes_with_packed_attention_and_the_same_outputs(smollm, nq_chats):
     """The backend's models run the packed attention (a lone decoding position without a mask
     is one SDPA product per key/value head); in fp32 each prompt decoded alone gives the greedy

@@ -127,7 +127,7 @@ class BenchmarkConfig(BaseModel):
         None, ge=1, description="Generator cap for every task (same as generation.max_new_tokens); default: the task's"
     )
     generation: GenerationSpec = Field(default_factory=GenerationSpec, description="The generator's decoding")
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(64, ge=1, description="Questions per model call and per write (see infer's --batch-size)")
     benchmarks: list[BenchmarkSpec]
     rerankers: list[RerankerSpec]
 

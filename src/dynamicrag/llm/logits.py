@@ -6,8 +6,9 @@ transformers' own ``no_repeat_ngram_size`` (``NoRepeatNGramLogitsProcessor``) an
 generator that must copy its answer out of the passages in its prompt that is the wrong way
 round: a 4-gram ban would forbid writing "the Battle of Hastings" because the passage already
 says it. The processors here count only the tokens generated after ``prompt_len`` (the padded
-prompt length of the batch, so left padding is excluded as well), which is also what OpenAI's
-and vLLM's ``frequency_penalty`` count.
+prompt length of the batch, so left padding is excluded as well; or each row's own, for a batch
+whose rows joined it at different steps), which is also what OpenAI's and vLLM's
+``frequency_penalty`` count.
 
 The label constraint (:class:`ChoiceConstraint`) walks a token trie of the allowed answers, the
 way the reranker's id grammar is enforced token by token.
@@ -22,6 +23,21 @@ import torch
 from transformers import LogitsProcessor
 
 
+def row_start(prompt_len: int | Sequence[int], row: int) -> int:
+    """Where ``row``'s completion starts: one prompt length for the batch, or each row's own."""
+    return prompt_len if isinstance(prompt_len, int) else prompt_len[row]
+
+
+def completion_start(prompt_len: int | Sequence[int], input_ids: torch.Tensor) -> tuple[int, torch.Tensor | None]:
+    """``(first, later)``: the column where the earliest completion of the batch starts, and
+    how many columns later each row's own starts (None when they all start together)."""
+    if isinstance(prompt_len, int):
+        return prompt_len, None
+    starts = torch.as_tensor(prompt_len, device=input_ids.device)
+    first = int(starts.min())
+    return first, (starts - first if int(starts.max()) > first else None)
+
+
 class CompletionNoRepeatNGram(LogitsProcessor):
     """Ban any token that would repeat an n-gram already generated in this completion.
 
@@ -31,16 +47,18 @@ class CompletionNoRepeatNGram(LogitsProcessor):
     Args:
         ngram_size: Tokens per n-gram; no n-gram of the completion occurs twice.
         prompt_len: Length of the (left-padded) prompts; tokens from here on are the completion.
+            A sequence gives each row its own (a batch whose rows joined at different steps).
     """
 
-    def __init__(self, ngram_size: int, prompt_len: int) -> None:
+    def __init__(self, ngram_size: int, prompt_len: int | Sequence[int]) -> None:
         if ngram_size < 1:
             raise ValueError(f"ngram_size must be >= 1, got {ngram_size}")
         self.ngram_size = ngram_size
         self.prompt_len = prompt_len
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        generated = input_ids[:, self.prompt_len:]  # (batch, new so far)
+        first, later = completion_start(self.prompt_len, input_ids)
+        generated = input_ids[:, first:]  # (batch, new so far, for the earliest-starting row)
         n = self.ngram_size
         if generated.shape[1] < n:  # no complete n-gram yet: nothing can be repeated
             return scores
@@ -49,6 +67,9 @@ class CompletionNoRepeatNGram(LogitsProcessor):
         suffix = generated[:, generated.shape[1] - n + 1:]  # (batch, n-1)
         windows = generated.unfold(1, n, 1)  # (batch, windows, n)
         hits = (windows[..., :-1] == suffix.unsqueeze(1)).all(dim=-1)  # (batch, windows)
+        if later is not None:  # a row that started later: its own windows only, none before n tokens
+            starts = torch.arange(windows.shape[1], device=hits.device)
+            hits &= (starts[None] >= later[:, None]) & (generated.shape[1] - later >= n)[:, None]
         vocab = scores.shape[-1]
         banned = torch.zeros((scores.shape[0], vocab + 1), dtype=torch.bool, device=scores.device)
         # Non-matching windows write into a spare column past the vocabulary.
@@ -66,20 +87,24 @@ class CompletionFrequencyPenalty(LogitsProcessor):
 
     Args:
         penalty: Subtracted per earlier occurrence (OpenAI allows -2..2).
-        prompt_len: Length of the (left-padded) prompts.
+        prompt_len: Length of the (left-padded) prompts, or one per row.
     """
 
-    def __init__(self, penalty: float, prompt_len: int) -> None:
+    def __init__(self, penalty: float, prompt_len: int | Sequence[int]) -> None:
         self.penalty = penalty
         self.prompt_len = prompt_len
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        generated = input_ids[:, self.prompt_len:]
+        first, later = completion_start(self.prompt_len, input_ids)
+        generated = input_ids[:, first:]
         if generated.shape[1] == 0:
             return scores
         vocab = scores.shape[-1]
         counts = torch.zeros((scores.shape[0], vocab + 1), dtype=scores.dtype, device=scores.device)
-        counts.scatter_add_(1, generated.clamp(max=vocab), torch.ones_like(generated, dtype=scores.dtype))
+        ones = torch.ones_like(generated, dtype=scores.dtype)
+        if later is not None:  # a row that started later counts its own tokens only
+            ones *= torch.arange(generated.shape[1], device=ones.device)[None] >= later[:, None]
+        counts.scatter_add_(1, generated.clamp(max=vocab), ones)
         return scores - self.penalty * counts[:, :vocab]
 
 
@@ -121,12 +146,13 @@ class ChoiceConstraint:
         # Off the trie only if a caller forced a token: end rather than fail.
         return sorted(nxt) or list(self.stop_ids)
 
-    def prefix_fn(self, prompt_len: int, pad_id: int):
-        """A ``prefix_allowed_tokens_fn`` for a batch whose padded prompts are ``prompt_len`` long."""
+    def prefix_fn(self, prompt_len: int | Sequence[int], pad_id: int):
+        """A ``prefix_allowed_tokens_fn`` for a batch whose padded prompts are ``prompt_len`` long
+        (or, a sequence, each row's own)."""
         stops = set(self.stop_ids) | {pad_id}
 
         def fn(batch_id: int, input_ids: torch.Tensor) -> list[int]:
-            generated = input_ids[prompt_len:].tolist()
+            generated = input_ids[row_start(prompt_len, batch_id):].tolist()
             if any(t in stops for t in generated):
                 return [pad_id]  # finished row: generate fills it with padding anyway
             return self.allowed(generated)
