@@ -307,11 +307,10 @@ def test_the_decoding_cache_appends_in_place_and_holds_what_concatenation_would(
     cache = _decoding_cache(smollm.lm.config)
     torch.manual_seed(0)
     steps = [torch.randn(3, 3, n, 64) for n in (40, 1, 1, 1)]
-    for i, step in enumerate(steps):
+    first = cache.update(steps[0], -steps[0], 0)[0].data_ptr()
+    for step in steps[1:]:
         keys, _ = cache.update(step, -step, 0)
-        if i == 1:
-            first = keys.data_ptr()
-    assert keys.data_ptr() == first  # steps 2-4 wrote into the room the first step made
+    assert keys.data_ptr() == first  # every step wrote into the room the prompt's update made
     assert torch.equal(keys, torch.cat(steps, dim=2)) and torch.equal(cache.layers[0].values, -keys)
     cache.batch_select_indices(torch.tensor([0, 2]))
     keys, _ = cache.update(steps[1][:2], -steps[1][:2], 0)

@@ -54,13 +54,11 @@ def test_rows_that_joined_later_count_their_own_completion_only():
     early = [9, 5, 6, 7, 5, 6]  # completion from column 1: "5 6 7 5 6" repeats "5 6 7"
     late = [5, 6, 7, 8, 5, 6]  # prompt "5 6 7 8", completion "5 6": nothing repeated yet
     ids = torch.tensor([early, late])
-    for alone, both in [
-        (lambda row, start: CompletionNoRepeatNGram(3, prompt_len=start), lambda: CompletionNoRepeatNGram(3, prompt_len=[1, 4])),
-        (lambda row, start: CompletionFrequencyPenalty(0.5, prompt_len=start), lambda: CompletionFrequencyPenalty(0.5, prompt_len=[1, 4])),
-    ]:
-        together = both()(ids, torch.zeros((2, VOCAB)))
+    for make in (lambda start: CompletionNoRepeatNGram(3, prompt_len=start),
+                 lambda start: CompletionFrequencyPenalty(0.5, prompt_len=start)):
+        together = make([1, 4])(ids, torch.zeros((2, VOCAB)))
         for row, start in ((0, 1), (1, 4)):
-            assert torch.equal(together[row], alone(row, start)(ids[row:row + 1], torch.zeros((1, VOCAB)))[0])
+            assert torch.equal(together[row], make(start)(ids[row:row + 1], torch.zeros((1, VOCAB)))[0])
     assert banned(CompletionNoRepeatNGram(3, prompt_len=1), early) == {7}
     scores = CompletionNoRepeatNGram(3, prompt_len=[1, 4])(ids, torch.zeros((2, VOCAB)))
     assert not torch.isinf(scores[1]).any()  # the prompt's "5 6 7" may be copied by the late row

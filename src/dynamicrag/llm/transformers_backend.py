@@ -1218,23 +1218,25 @@ def _growing_layer() -> type:
     every layer, 45-100 us a layer (1 row of 400 tokens to 8 rows of 1,700, bf16) against 2-4
     us to write one position in place: 3-6 ms of a 23-66 ms step. Here the keys and values
     are views of a larger buffer; a step writes its position into the room after them, and a
-    new buffer (a quarter larger, at least 64 positions) is made only when the room runs out or
-    the layer's tensors were replaced (``batch_select_indices``, ``crop`` keeps the view).
+    new buffer (a quarter larger, at least 64 positions) is made at the first update (the
+    prompts' KV, copied once) and then only when the room runs out or the layer's tensors were
+    replaced (``batch_select_indices``; ``crop`` keeps the view).
     Defined lazily: transformers is imported on first use only.
     """
     from transformers.cache_utils import DynamicLayer
 
     class GrowingLayer(DynamicLayer):
         def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
-            if not self.is_initialized or self.keys.numel() == 0:
-                return super().update(key_states, value_states, *args, **kwargs)
-            length, new = self.keys.shape[-2], key_states.shape[-2]
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            length, new = (self.keys.shape[-2] if self.keys.numel() else 0), key_states.shape[-2]
             room = getattr(self, "room", None)
-            if (room is None or room[0].data_ptr() != self.keys.data_ptr() or room[0].shape[0] != self.keys.shape[0]
-                    or room[0].shape[-2] < length + new):
+            if (not length or room is None or room[0].data_ptr() != self.keys.data_ptr()
+                    or room[0].shape[0] != key_states.shape[0] or room[0].shape[-2] < length + new):
                 size = length + new + max(64, (length + new) // 4)
-                room = tuple(t.new_empty((*t.shape[:2], size, t.shape[-1])) for t in (self.keys, self.values))
-                room[0][:, :, :length], room[1][:, :, :length] = self.keys, self.values
+                room = tuple(t.new_empty((*t.shape[:2], size, t.shape[-1])) for t in (key_states, value_states))
+                if length:
+                    room[0][:, :, :length], room[1][:, :, :length] = self.keys, self.values
                 self.room = room
             room[0][:, :, length:length + new] = key_states
             room[1][:, :, length:length + new] = value_states
