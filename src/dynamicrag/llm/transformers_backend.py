@@ -1030,7 +1030,7 @@ class TransformersBackend:
         """One batch cache from the prefix and each row's own KV: per row the prefix, zeros
         where the row is padded, then its KV right-aligned in ``width`` positions; each row
         repeated ``n`` times (row i -> rows i*n .. i*n+n-1, as ``generate`` orders samples)."""
-        from transformers import DynamicCache, StaticCache
+        from transformers import StaticCache
 
         cache = (StaticCache(config=self.lm.config, max_cache_len=max_len) if self.kv_cache == "static"
                  else _decoding_cache(self.lm.config))
