@@ -324,7 +324,7 @@ class _IdListConstraint:
 class _FewRowsLeft:
     """A stopping criterion that ends a batched ``generate`` call once at most half of its
     rows are still writing (and at least one has ended), or, with ``refill`` (prompts are
-    waiting for a place), once any row has ended; ``writing`` then holds the rows still writing.
+    waiting for a place), once any row has ended (:meth:`ended` tells the caller which).
 
     A row has ended when its completion (from its column in ``starts``) holds an end or padding
     token, reaches its column in ``limits`` (its token budget), or the last tokens hold one of
@@ -342,7 +342,6 @@ class _FewRowsLeft:
         self.ended_ids = torch.tensor(sorted(ended_ids))
         self.stop = list(stop)
         self.tokenizer = tokenizer
-        self.writing: torch.Tensor | None = None
 
     def ended(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Which rows of ``input_ids`` have ended (bool per row)."""
@@ -359,11 +358,9 @@ class _FewRowsLeft:
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         ended = self.ended(input_ids)
-        writing = (~ended).nonzero().flatten()
-        if not ended.any() or (len(writing) > input_ids.shape[0] // 2 and not self.refill):
-            return torch.zeros_like(ended)
-        self.writing = writing if len(writing) else None  # None: every row has ended
-        return torch.ones_like(ended)
+        writing = int((~ended).sum())
+        stop = bool(ended.any()) and (self.refill or writing <= input_ids.shape[0] // 2)
+        return torch.full_like(ended, stop)
 
 
 @contextlib.contextmanager
