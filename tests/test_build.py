@@ -202,3 +202,14 @@ def test_the_candidate_order_comes_from_the_config_else_the_adapter_manifest(tmp
     reranker = build_reranker(resolve_config(PipelineConfig(kind="dynamic", reranker={"adapter": "none"}, order_by="retriever")),
                               backend=object())
     assert isinstance(reranker.order_by, RetrieverScorer)
+
+
+def test_an_adapter_without_a_manifest_is_warned_about_once_however_often_it_is_resolved(tmp_path, caplog, no_shipped):
+    folder = tmp_path / "trained-here"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text("{}")
+    with caplog.at_level("WARNING", logger="dynamicrag.build"):
+        for _ in range(3):  # a benchmark resolves each row once per data set
+            assert resolve_config(PipelineConfig(reranker={"adapter": str(folder)})).reranker.adapter == str(folder)
+    warned = [r.getMessage() for r in caplog.records if "has no manifest.json" in r.getMessage()]
+    assert len(warned) == 1 and str(folder) in warned[0]

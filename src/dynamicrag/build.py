@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from pathlib import Path
@@ -279,7 +280,7 @@ def _resolve_adapter(role: str, config: RoleConfig, kind: str) -> str:
         raise ValueError(f"{role} adapter: {err}") from None
     manifest = adapter_manifest(str(path))
     if manifest is None:
-        logger.warning("%s adapter %s has no %s: its base model and prompt settings are unchecked", role, path, MANIFEST)
+        _warn_unchecked(role, str(path))
         return str(path)
     if not same_base_model(manifest.base_model, config.model):
         raise ValueError(
@@ -290,6 +291,11 @@ def _resolve_adapter(role: str, config: RoleConfig, kind: str) -> str:
     if manifest.role not in (role, "both"):
         logger.warning("%s adapter %s was trained for the %s role", role, path, manifest.role)
     return str(path)
+
+
+@functools.cache  # once per process: a benchmark resolves each row's roles again for every data set
+def _warn_unchecked(role: str, path: str) -> None:
+    logger.warning("%s adapter %s has no %s: its base model and prompt settings are unchecked", role, path, MANIFEST)
 
 
 def _resolve_role(role: str, config: RoleConfig, kind: str) -> RoleConfig:

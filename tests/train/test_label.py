@@ -9,7 +9,7 @@ import pytest
 
 from dynamicrag.data import DataError
 from dynamicrag.schema import Example, Passage
-from dynamicrag.train.label import LabelConfig, LabelRule, label_example, label_examples, read_labelled
+from dynamicrag.train.label import LabelConfig, LabelRule, label_example, label_examples, make_teacher, read_labelled
 
 
 class TableScorer:
@@ -198,3 +198,33 @@ def test_real_hotpotqa_with_the_embedding_teacher(shared_data, tmp_path):
     stats = prepare(labelled, tmp_path / "sft", seed=0)
     assert stats["examples"] == 6 and stats["sft_examples"] + stats["dpo_examples"] == 6
     assert sum(stats["k_distribution"].values()) == stats["sft_examples"]
+
+
+def supporting_example(marks: list[bool]) -> Example:
+    return Example(id="h1", question="Which band did the singer of X join?", answers=["The Y"], task="hotpotqa",
+                   passages=[Passage(id=str(i), title=f"T{i}", text="text", extra={"supporting": m})
+                             for i, m in enumerate(marks)])
+
+
+@pytest.mark.parametrize(
+    ("example", "top_m", "expert"),
+    [
+        # Single-hop: read up to the first passage holding the answer (here the third), no further.
+        (qa_example().model_copy(update={"passages": qa_example().passages[1:]}), None, [1, 2]),
+        (qa_example(), None, [1]),
+        (qa_example(answers=("Berlin",)), None, []),  # no candidate holds it: None
+        (qa_example(task="fever", answers=("SUPPORTS",)), None, []),  # a label answer proves nothing
+        # Multi-hop: up to the last supporting paragraph, the bridge included; capped at top_m.
+        (supporting_example([False, True, False, True, False]), None, [1, 2, 3, 4]),
+        (supporting_example([False, True, False, True, False]), 2, [1, 2]),
+        (supporting_example([True, False, False, False]), None, [1]),
+    ],
+)
+def test_evidence_teacher_reads_to_the_last_evidence_and_prepare_keeps_that_prefix(example, top_m, expert):
+    from dynamicrag.train.trajectories import reranker_target_ids
+
+    config = LabelConfig(scorer="evidence", top_m=top_m)
+    [out] = label_examples([example], make_teacher(config), config)
+    assert out.extra["expert"] == expert
+    assert [p.extra["relevant"] for p in out.passages] == [i + 1 in expert for i in range(len(out.passages))]
+    assert reranker_target_ids(out, max_k=5) == expert  # the SFT target is the prefix, in the order shown

@@ -38,6 +38,12 @@ when the next passage no longer helps, ``None`` when no passage beats no passage
 ``top_m`` the longest list, and its default rule ``teacher`` (the likelihood of the gold
 answer already knows where the answer is; a bridge paragraph that raises it is kept).
 
+The ``evidence`` teacher (:class:`EvidenceTeacher`, no model) teaches only where to stop over
+the candidates' order: its expert list is the shortest prefix that holds the gold evidence,
+every supporting paragraph where the data marks them (HotpotQA's ``supporting``, so bridge
+paragraphs count), else the first passage holding a gold answer; at most ``top_m`` long, and
+``None`` when no candidate holds any. Its default rule is ``teacher`` (the prefix is the list).
+
 The teacher's threshold: monoT5-style scorers return log P(true) against false, so
 ``log(0.5)`` reproduces the paper's generated word (``true`` wins). Cross-encoder scores are
 logits, so ``0.0`` is the same 50 % point. Cosine similarity (the offline default) is not
@@ -115,11 +121,13 @@ TEACHER_DEFAULTS: dict[str, TeacherDefaults] = {
     "cross-encoder": TeacherDefaults(0.0, 0),  # logit 0 = probability 0.5
     "embedding": TeacherDefaults(0.45, 3),  # uncalibrated cosine: a floor and a per-query cap
     "utility": TeacherDefaults(DEFAULT_MARGIN, 5),  # nats a passage must add; at most 5 in a list
+    "evidence": TeacherDefaults(0.0, 5),  # no score to threshold; prefixes of at most 5
 }
 """Scorer kind (the part of ``LabelConfig.scorer`` before ``:``) -> default threshold, top_m."""
 
-TEACHER_KINDS = frozenset(SCORERS) | {"utility"}
-"""Teacher kinds of ``LabelConfig.scorer``: the pointwise scorers, and the generator's utility."""
+TEACHER_KINDS = frozenset(SCORERS) | {"utility", "evidence"}
+"""Teacher kinds of ``LabelConfig.scorer``: the pointwise scorers, the generator's utility, and
+the gold evidence's prefix."""
 
 
 @dataclass
@@ -129,7 +137,8 @@ class LabelConfig:
     scorer: str = field(
         default="embedding",
         metadata={"help": "Teacher: embedding[:encoder] | monot5[:model] | cross-encoder[:model] | causal[:model] "
-                  "(the paper: monot5) | utility[:model] (the generator's likelihood of the gold answer)"},
+                  "(the paper: monot5) | utility[:model] (the generator's likelihood of the gold answer) | "
+                  "evidence (the shortest prefix of the candidates holding the gold evidence)"},
     )
     top_n: int = field(
         default=10,
@@ -187,7 +196,7 @@ class LabelConfig:
         if kind not in TEACHER_KINDS:
             raise ValueError(f"scorer: unknown kind {kind!r}; use one of {sorted(TEACHER_KINDS)}")
         if self.rule is None:
-            self.rule = LabelRule.teacher if kind == "utility" else LabelRule.teacher_and_answer
+            self.rule = LabelRule.teacher if kind in ("utility", "evidence") else LabelRule.teacher_and_answer
         try:
             self.rule = LabelRule(self.rule)
         except ValueError:
@@ -229,14 +238,50 @@ class LabelConfig:
         return self.scorer.partition(":")[0]
 
 
-Teacher = Scorer | UtilityTeacher
-"""A pointwise scorer, or the utility teacher (which needs the gold answers and labels whole examples)."""
+@dataclass(frozen=True)
+class EvidenceTeacher:
+    """The ``evidence`` teacher: the shortest prefix of the candidates holding the gold evidence.
+
+    Written by hand because it is a rule over the data's own gold marks, not a model: a
+    reranker taught these lists learns only how far to read in the order it is shown (one
+    passage where one holds the answer, as far as the last supporting paragraph on a
+    multi-hop question), never a reordering.
+    """
+
+    max_k: int = 5
+
+    def needed(self, example: Example) -> list[bool]:
+        """Which candidates the answer needs: the supporting paragraphs where the data marks them,
+        else the first passage holding a gold answer (none for label answers such as FEVER's)."""
+        passages = example.passages
+        if any("supporting" in p.extra for p in passages):
+            return [bool(p.extra.get("supporting")) for p in passages]
+        if not uses_containment(example):
+            return [False] * len(passages)
+        holds = [contains_answer(f"{p.title} {p.text}", example.answers) for p in passages]
+        first = holds.index(True) if any(holds) else len(holds)
+        return [i == first for i in range(len(holds))]
+
+    def expert(self, example: Example) -> list[int]:
+        """0-based positions of the expert prefix (``[]``: ``None``)."""
+        needed = self.needed(example)
+        if not any(needed):
+            return []
+        last = max(i for i, n in enumerate(needed) if n)
+        return list(range(min(last + 1, self.max_k) if self.max_k > 0 else last + 1))
+
+
+Teacher = Scorer | UtilityTeacher | EvidenceTeacher
+"""A pointwise scorer, the utility teacher (which needs the gold answers and labels whole
+examples), or the evidence teacher (the data's gold marks)."""
 
 
 def make_teacher(config: LabelConfig, backend: Any = None) -> Teacher:
     """The teacher of ``config.scorer``: a pointwise scorer, or a :class:`UtilityTeacher` on
     ``backend`` (None: the transformers backend of its model, the bundled SmolLM2 when none is
     named)."""
+    if config.kind == "evidence":
+        return EvidenceTeacher(max_k=config.top_m)  # type: ignore[arg-type]
     if config.kind != "utility":
         return make_scorer(config.scorer)
     if backend is None:
@@ -337,6 +382,17 @@ def utility_labelled(example: Example, result: UtilityResult, config: LabelConfi
     return _labelled(example, passages, result.utilities, [i in expert for i in range(len(passages))], config, extra)
 
 
+def evidence_labelled(example: Example, teacher: EvidenceTeacher, config: LabelConfig) -> Example:
+    """A labelled copy of ``example`` (its first ``config.top_n`` passages) from the evidence
+    teacher: ``score`` 1.0 for a passage the answer needs, else 0.0; the teacher's verdict is
+    membership of the expert prefix, written to ``extra["expert"]`` (1-based, ``[]`` for ``None``)."""
+    shown = example.model_copy(update={"passages": example.passages[: config.top_n]})
+    expert = teacher.expert(shown)
+    scores = [float(n) for n in teacher.needed(shown)]
+    verdicts = [i in expert for i in range(len(shown.passages))]
+    return _labelled(shown, shown.passages, scores, verdicts, config, {"expert": [i + 1 for i in expert]})
+
+
 def label_examples(examples: Iterable[Example], scorer: Teacher, config: LabelConfig) -> list[Example]:
     """Label every example (copies; the inputs are not changed).
 
@@ -355,6 +411,8 @@ def label_examples(examples: Iterable[Example], scorer: Teacher, config: LabelCo
     """
 
     def label(batch: list[Example]) -> list[Example]:
+        if isinstance(scorer, EvidenceTeacher):
+            return [evidence_labelled(ex, scorer, config) for ex in batch]
         if isinstance(scorer, UtilityTeacher):
             shown = [ex.model_copy(update={"passages": ex.passages[: config.top_n]}) for ex in batch]
             return [utility_labelled(ex, r, config) for ex, r in zip(shown, scorer.label(shown))]
