@@ -262,9 +262,9 @@ class EvidenceTeacher:
         first = holds.index(True) if any(holds) else len(holds)
         return [i == first for i in range(len(holds))]
 
-    def expert(self, example: Example) -> list[int]:
-        """0-based positions of the expert prefix (``[]``: ``None``)."""
-        needed = self.needed(example)
+    def expert(self, needed: Sequence[bool]) -> list[int]:
+        """0-based positions of the expert prefix over candidates marked by :meth:`needed`
+        (``[]``: ``None``)."""
         if not any(needed):
             return []
         last = max(i for i, n in enumerate(needed) if n)
@@ -387,8 +387,9 @@ def evidence_labelled(example: Example, teacher: EvidenceTeacher, config: LabelC
     teacher: ``score`` 1.0 for a passage the answer needs, else 0.0; the teacher's verdict is
     membership of the expert prefix, written to ``extra["expert"]`` (1-based, ``[]`` for ``None``)."""
     shown = example.model_copy(update={"passages": example.passages[: config.top_n]})
-    expert = teacher.expert(shown)
-    scores = [float(n) for n in teacher.needed(shown)]
+    needed = teacher.needed(shown)
+    expert = teacher.expert(needed)
+    scores = [float(n) for n in needed]
     verdicts = [i in expert for i in range(len(shown.passages))]
     return _labelled(shown, shown.passages, scores, verdicts, config, {"expert": [i + 1 for i in expert]})
 
