@@ -23,6 +23,9 @@ batch's longest answer ends). Variants:
   cache and the batch layout alone; expected identical to fp32 up to float rounding).
 * ``bf16-decode``: the default with decoding in the model's weights, not their int8 copy
   (``decode_weights="model"``: the default before that lever).
+* ``sdpa-prefill``: the default with every prompt prefilled by transformers' SDPA attention,
+  not in causal blocks (the default before that lever; ``_CHUNKED_MIN_POSITIONS`` set past any
+  prompt while this variant runs).
 * ``int8``: int8 dynamic quantisation of the linear layers (``torch.ao``, deprecated), on the
   fp32 model, with the default cache settings.
 
@@ -40,6 +43,7 @@ Prints a markdown table last and writes JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -65,6 +69,7 @@ VARIANTS = {
     "fp32-cache": {"dtype": "float32"},
     "int8": {"int8": True},
     "bf16-decode": {"decode_weights": "model"},
+    "sdpa-prefill": {"sdpa_prefill": True},
 }
 REFERENCE = "fp32"
 QUICK = {"questions": 4, "top_n": 3, "max_new_tokens": 8, "corpus_limit": 500}
@@ -85,10 +90,29 @@ def paired_ci(a: list[float], b: list[float], seed: int = 0) -> tuple[float, flo
     return float(diff.mean()), float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
+@contextlib.contextmanager
+def prefill_of(name: str):
+    """While variant ``name`` runs: SDPA for every prompt's prefill if it asks for it (the
+    models are shared between variants, so the setting is put back afterwards)."""
+    from dynamicrag.llm import transformers_backend
+
+    kept = transformers_backend._CHUNKED_MIN_POSITIONS
+    if VARIANTS[name].get("sdpa_prefill"):
+        transformers_backend._CHUNKED_MIN_POSITIONS = sys.maxsize  # no prompt is long enough
+    try:
+        yield
+    finally:
+        transformers_backend._CHUNKED_MIN_POSITIONS = kept
+
+
+def backend_options(name: str) -> dict:
+    return {k: v for k, v in VARIANTS[name].items() if k != "sdpa_prefill"}
+
+
 def backend_for(name: str, batch_size: int):
     from dynamicrag.llm import load_backend
 
-    options = dict(VARIANTS[name])
+    options = backend_options(name)
     if options.pop("int8", False):
         return int8_backend(load_backend("transformers", batch_size=batch_size, dtype="float32"), batch_size)
     return load_backend("transformers", batch_size=batch_size, **options)
@@ -109,7 +133,7 @@ def run_variant(name: str, examples: list, args: argparse.Namespace, path: Path)
 
         if VARIANTS[name].get("int8"):
             raise SystemExit("--shipped runs the transformers backend's own settings; int8 is not one")
-        options = {**VARIANTS[name], "batch_size": args.batch_size}
+        options = {**backend_options(name), "batch_size": args.batch_size}
         config = PipelineConfig(**role_configs(backend_options=options), top_n=args.top_n,
                                 answer_max_tokens=args.max_new_tokens)
         pipeline = build_pipeline(config)
@@ -184,7 +208,8 @@ def main() -> None:
     runs, described = {}, {}
     for name in names:
         log(f"{name}: {len(examples)} questions")
-        runs[name], described[name] = run_variant(name, examples, args, work / f"{name}_{tag}.jsonl")
+        with prefill_of(name):
+            runs[name], described[name] = run_variant(name, examples, args, work / f"{name}_{tag}.jsonl")
 
     ref = runs[REFERENCE]
     rows = []

@@ -28,6 +28,9 @@ Variants (``--variants``, comma-separated):
 * ``transformers-b1-bf16-decode`` / ``transformers-b8-bf16-decode``: the default with
   ``decode_weights="model"``: decoding reads the bf16 weights, not their int8 copy (the before
   of that lever).
+* ``transformers-b1-sdpa-prefill`` / ``transformers-b8-sdpa-prefill``: the default with every
+  prompt prefilled by transformers' SDPA attention, not in causal blocks
+  (``_CHUNKED_MIN_POSITIONS`` set past any prompt; the before of that lever).
 * ``transformers-fp32-b1`` / ``transformers-fp32-b8``: the backend as it was before the speed work
   (fp32, no prefix cache, padded batch prefill, finished rows kept, OpenMP's default wait policy), for the
   before/after of the same run.
@@ -89,8 +92,9 @@ from dynamicrag.run_settings import run_settings
 
 # The backend before the speed work: fp32, no prefix cache, the padded batch encoded in one pass,
 # every row decoded until the batch's longest answer ends, OpenMP's own wait policy (an empty
-# OMP_WAIT_POLICY is treated as unset).
-OLD = {"options": {"dtype": "float32", "prefix_cache": False, "prefill": "batch", "shrink_batch": False}, "env": {"OMP_WAIT_POLICY": ""}}
+# OMP_WAIT_POLICY is treated as unset), SDPA's attention for every prompt.
+OLD = {"options": {"dtype": "float32", "prefix_cache": False, "prefill": "batch", "shrink_batch": False},
+       "env": {"OMP_WAIT_POLICY": ""}, "sdpa_prefill": True}
 # "batch": rows the backend decodes at a time; "chunk": questions per pipeline call (infer's
 # --batch-size; default: CHUNK for a batched variant).
 CHUNK = 64
@@ -105,6 +109,9 @@ VARIANTS = {
     # The default decoding with the model's bf16 weights, not their int8 copy (that lever's before/after).
     "transformers-b1-bf16-decode": {"backend": "transformers", "batch": 1, "chunk": 1, "options": {"decode_weights": "model"}},
     "transformers-b8-bf16-decode": {"backend": "transformers", "batch": 8, "options": {"decode_weights": "model"}},
+    # The default with every prompt prefilled by SDPA, not in causal blocks (that lever's before/after).
+    "transformers-b1-sdpa-prefill": {"backend": "transformers", "batch": 1, "chunk": 1, "sdpa_prefill": True},
+    "transformers-b8-sdpa-prefill": {"backend": "transformers", "batch": 8, "sdpa_prefill": True},
     "transformers-fp32-b1": {"backend": "transformers", "batch": 1, "chunk": 1, **OLD},
     "transformers-fp32-b8": {"backend": "transformers", "batch": 8, "chunk": 8, **OLD},
     "llamacpp": {"backend": "llamacpp", "batch": 8, "chunk": 8},
@@ -143,6 +150,10 @@ def child(args: argparse.Namespace) -> dict:
 
     spec = VARIANTS[args.variant]
     batch, chunk = spec["batch"], spec.get("chunk", CHUNK)
+    if spec.get("sdpa_prefill"):
+        from dynamicrag.llm import transformers_backend
+
+        transformers_backend._CHUNKED_MIN_POSITIONS = sys.maxsize  # no prompt is long enough
     setup = nq_setup(args, extra_questions=1 + args.skip)
     # Without their own passages, so the pipeline retrieves (as spine.py and `infer --index`).
     questions = [ex.model_copy(update={"passages": []}) for ex in setup.examples[args.skip:]]

@@ -319,19 +319,31 @@ def test_the_decoding_cache_appends_in_place_and_holds_what_concatenation_would(
     assert torch.equal(cache.update(steps[2][:2], -steps[2][:2], 0)[0], torch.cat([*(s[[0, 2]] for s in steps[:3]), steps[2][:2]], dim=2))
 
 
-def test_a_single_sequence_decodes_with_packed_attention_and_the_same_outputs(smollm, nq_chats):
-    """The backend's models run the packed attention (a lone decoding position without a mask
-    is one SDPA product per key/value head); in fp32 each prompt decoded alone gives the greedy
-    text and token count of transformers' own SDPA, for answers and for id lists; the function
-    equals SDPA's on the masked, multi-position and grouped cases it leaves to it."""
+def test_a_sequence_alone_decodes_and_prefills_by_the_fast_paths_with_the_same_outputs(smollm, nq_chats, monkeypatch):
+    """The backend's models run their own attention: a lone decoding position without a mask is
+    one SDPA product per key/value head, and a long causal prompt alone (after a cached prefix
+    or not) is prefilled in blocks over the keys each block can see. In fp32 each prompt
+    decoded alone gives the greedy text and token count of transformers' own SDPA, for answers
+    and for id lists; the function equals SDPA's on every case, including a padded mask of the
+    same shape and a short prompt, which it leaves to SDPA; in bf16 its prefill is as close to
+    fp32 as SDPA's. (The backend takes that path for bf16 prompts from 512 tokens; here fp32
+    ones from 64 tokens in blocks of 48 take it, so that the comparison is exact and these short
+    prompts are prefilled in several blocks.)"""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from dynamicrag.llm.transformers_backend import PACKED_ATTENTION, _sdpa_packed_decode
+    import dynamicrag.llm.transformers_backend as tb
+    from dynamicrag.llm.transformers_backend import FAST_ATTENTION, _sdpa_fast_paths
 
     rerank, generate = nq_chats
     backend = TransformersBackend(dtype="float32")
-    assert backend.describe()["attention"] == PACKED_ATTENTION
-    assert smollm.describe()["attention"] == PACKED_ATTENTION  # the default backend's model too
+    assert backend.describe()["attention"] == FAST_ATTENTION
+    assert smollm.describe()["attention"] == FAST_ATTENTION  # the default backend's model too
+    monkeypatch.setattr(tb, "_CHUNKED_MIN_POSITIONS", 64)
+    monkeypatch.setattr(tb, "_CAUSAL_CHUNK", 48)
+    monkeypatch.setattr(tb, "_CHUNKED_DTYPES", (torch.float32, torch.bfloat16))
+    calls = []
+    real = tb._chunked_causal_attention
+    monkeypatch.setattr(tb, "_chunked_causal_attention", lambda *a: calls.append(a[0].shape[2]) or real(*a))
 
     def one_by_one(chats, params):
         done = [backend.generate([chat], params)[0][0] for chat in chats]
@@ -339,26 +351,42 @@ def test_a_single_sequence_decodes_with_packed_attention_and_the_same_outputs(sm
 
     answers = SamplingParams(max_new_tokens=48, no_repeat_ngram_size=3)
     ids = SamplingParams(max_new_tokens=12, id_list_max=5)
-    packed = one_by_one(generate, answers), one_by_one(rerank[:4], ids)
+    fast = one_by_one(generate, answers), one_by_one(rerank[:4], ids)
+    assert calls and min(calls) >= 64 and max(calls) > 2 * 48  # prompts were prefilled in blocks
     backend.lm.set_attn_implementation("sdpa")
     try:
         backend.clear_prefix_cache()
-        assert (one_by_one(generate, answers), one_by_one(rerank[:4], ids)) == packed
+        assert (one_by_one(generate, answers), one_by_one(rerank[:4], ids)) == fast
     finally:
-        backend.lm.set_attn_implementation(PACKED_ATTENTION)
+        backend.lm.set_attn_implementation(FAST_ATTENTION)
 
     class Layer(torch.nn.Module):
         num_key_value_groups = 3
+        is_causal = True
 
     layer = Layer().eval()
     torch.manual_seed(0)
-    keys, values = torch.randn(2, 3, 40, 64), torch.randn(2, 3, 40, 64)
-    for positions, mask in ((1, None), (1, torch.rand(2, 1, 1, 40) > 0.3), (5, None)):
-        query = torch.randn(2, 9, positions, 64)
-        got, _ = _sdpa_packed_decode(layer, query, keys, values, mask, scaling=0.125)
-        want, _ = sdpa_attention_forward(layer, query, keys, values, mask, scaling=0.125)
-        assert got.shape == want.shape == (2, positions, 9, 64)
+    n = 64 + 90  # not a whole number of blocks
+    cached = 40
+    causal = torch.ones(n, cached + n, dtype=torch.bool).tril(cached)[None, None]
+    padded = causal.clone()
+    padded[..., :3] = False  # a left-padded row: same shape, not plain causal
+    cases = [(2, 1, 40, None), (2, 1, 40, torch.rand(2, 1, 1, 40) > 0.3), (2, 5, 5, None),  # decoding, SDPA's
+             (1, n, cached + n, causal), (1, n, n, None), (1, n, cached + n, padded), (1, 30, 70, None)]
+    calls.clear()
+    for batch, positions, keys, mask in cases:
+        key, value = torch.randn(batch, 3, keys, 64), torch.randn(batch, 3, keys, 64)
+        query = torch.randn(batch, 9, positions, 64)
+        got, _ = _sdpa_fast_paths(layer, query, key, value, mask, scaling=0.125)
+        want, _ = sdpa_attention_forward(layer, query, key, value, mask, scaling=0.125)
+        assert got.shape == want.shape == (batch, positions, 9, 64)
         torch.testing.assert_close(got, want)
+        if positions == n and batch == 1:  # bf16: no further from fp32 than SDPA's bf16 product
+            low = [t.bfloat16() for t in (query, key, value)]
+            fast_bf16 = _sdpa_fast_paths(layer, *low, mask, scaling=0.125)[0].float()
+            sdpa_bf16 = sdpa_attention_forward(layer, *low, mask, scaling=0.125)[0].float()
+            assert (fast_bf16 - want).abs().mean() <= 1.5 * (sdpa_bf16 - want).abs().mean()
+    assert calls == [n] * 4  # the two causal cases, in fp32 and bf16; not the padded one or the short prompt
 
 
 def test_decoding_reads_int8_weights_and_prefill_the_models():
