@@ -294,11 +294,11 @@ def _chunked_causal_attention(query: torch.Tensor, key: torch.Tensor, value: tor
 
     Written here because torch's CPU kernels do not skip the masked half: with a mask (new
     tokens after a cached prefix) SDPA's flash kernel computes every query-key product at about
-    160 GFLOPS, and with ``is_causal`` it is not much faster. Here each block of ``chunk``
-    query positions (``_CAUSAL_CHUNK``) is a plain matrix product over the keys it can see, the 3 query heads of a
-    key/value head stacked as one (grouped-query attention without copying keys), masked on its
-    diagonal block only, softmax in the model's dtype (torch accumulates in fp32 and rounds the
-    probabilities, as SDPA's math path does).
+    160 GFLOPS, and with ``is_causal`` it is not much faster. Here each block of
+    ``_CAUSAL_CHUNK`` query positions is a plain matrix product over the keys it can see, the
+    query heads of a key/value head stacked as one (grouped-query attention without copying
+    keys), masked on its diagonal block only; the softmax runs in the model's dtype (torch
+    accumulates it in fp32 and rounds the probabilities).
     """
     _, heads, positions, dim = query.shape
     kv_heads, keys = key.shape[1], key.shape[2]
