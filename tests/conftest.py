@@ -11,6 +11,8 @@ import pytest
 # Tests never reach a model hub: everything they load ships in a package or is built here.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# `ask` answers in its own process (tests/serve/test_keep_alive.py tests the kept models).
+os.environ.setdefault("DYNAMICRAG_KEEP_ALIVE", "0")
 
 ROOT = Path(__file__).resolve().parents[1]
 # The shared data sits beside the checkout (../shared/data); DYNAMICRAG_SHARED_DATA overrides.

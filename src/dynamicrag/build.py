@@ -236,11 +236,12 @@ def backend_spec(
     Raises:
         ValueError: An unknown backend, or an option its constructor does not take.
     """
-    from dynamicrag.llm import backend_class
+    from dynamicrag.llm import BACKENDS, backend_class
 
     kwargs = {**(options or {}), **({"base_url": base_url} if base_url else {})}
     try:
-        inspect.signature(backend_class(name)).bind_partial(**kwargs)
+        if kwargs or name not in BACKENDS:  # no options: nothing to check, and no backend module (torch) to import
+            inspect.signature(backend_class(name)).bind_partial(**kwargs)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{what}: backend {name!r}: {err}") from None
     if model and Path(model).expanduser().exists():
@@ -418,6 +419,13 @@ def generation_config(config: PipelineConfig) -> GenerationConfig:
     return config.generation.to_config(config.answer_max_tokens)
 
 
+def backend_specs(config: PipelineConfig) -> dict[str, dict[str, Any]]:
+    """Role -> backend name and options, for the roles whose model ``config`` loads (what
+    :func:`~dynamicrag.console.announce_dtypes` takes)."""
+    return {role: {"name": getattr(config, role).backend, **getattr(config, role).backend_options}
+            for role in ("reranker", "generator") if role == "generator" or config.kind in LLM_RERANKERS}
+
+
 def models_label(config: PipelineConfig) -> str:
     """The models that will load, for a status line: ``the model M`` when both roles run the
     same model (the reranker's adapter named after it), else ``the reranker M1 and the generator M2``."""
@@ -575,7 +583,7 @@ def stage_settings(config: PipelineConfig, local: bool, fn_factory: Any = None, 
 
 __all__ = [
     "AUTO", "NONE", "PipelineConfig", "RerankerRoleConfig", "RoleConfig", "RoleOptions", "adapter_manifest", "backend_spec",
-    "build_generator", "build_pipeline", "build_reranker", "default_adapter", "generation_config", "models_label",
+    "backend_specs", "build_generator", "build_pipeline", "build_reranker", "default_adapter", "generation_config", "models_label",
     "pipeline_batch_fn", "resolve_config", "stage_settings",
     "role_backend", "role_configs", "role_settings", "same_base_model",
 ]

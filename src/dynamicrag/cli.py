@@ -33,9 +33,10 @@ from dynamicrag.cli_options import (  # noqa: E402 - after the thread environmen
 )
 from dynamicrag.cli_train import STAGE_COMMANDS, train_app  # noqa: E402
 from dynamicrag.console import (  # noqa: E402
-    console, fail, failing, loading, run_stage, run_with_progress, runs_progress, show_answer, show_chosen, show_stats,
-    show_table,
+    announce_dtypes, console, fail, failing, loading, run_stage, run_with_progress, runs_progress, show_answer,
+    show_chosen, show_stats, show_table,
 )
+from dynamicrag.serve.keep_alive import DEFAULT_KEEP_ALIVE, KEEP_ALIVE_ENV  # noqa: E402
 from dynamicrag.serve.settings import API_KEY_ENV, SERVE_DEFAULTS, ServeSettings  # noqa: E402
 
 app = typer.Typer(help="DynamicRAG: retrieve, let an LLM reranker choose the passages (order and number), answer.",
@@ -173,13 +174,20 @@ def infer(output: Path = OUTPUT, index_dir: Optional[str] = index_option(),
     show_stats(f"infer: {output}", infer_summary(records), s_per_question=per_question)
 
 
-def load_rag(roles: dict, method: dict, decoding: Any, corpus: Path | None, retriever: str) -> Any:
-    """The :class:`~dynamicrag.DynamicRAG` of ``ask`` and ``chat``, over the cached index of ``corpus``."""
-    from dynamicrag.api import ASK_DEFAULTS, DynamicRAG
+def load_rag(config: Any, corpus: Path | None, retriever: str) -> Any:
+    """The :class:`~dynamicrag.DynamicRAG` of ``ask`` and ``chat`` (``config`` resolved with
+    :data:`~dynamicrag.api.ASK_DEFAULTS`), over the cached index of ``corpus``."""
+    from dynamicrag.api import DynamicRAG
 
-    config = resolve_pipeline(roles, ASK_DEFAULTS, **method, generation=decoding)
     with failing(FileNotFoundError, TypeError, ValueError):
         return DynamicRAG.from_documents(corpus, retriever=retriever, config=config, loading=loading)
+
+
+def resolve_asked(roles: dict, method: dict, decoding: Any, *, announce_dtype: bool = True) -> Any:
+    """The resolved config of ``ask`` and ``chat``: their options over :data:`~dynamicrag.api.ASK_DEFAULTS`."""
+    from dynamicrag.api import ASK_DEFAULTS
+
+    return resolve_pipeline(roles, ASK_DEFAULTS, announce_dtype=announce_dtype, **method, generation=decoding)
 
 
 @app.command()
@@ -187,6 +195,11 @@ def load_rag(roles: dict, method: dict, decoding: Any, corpus: Path | None, retr
 def ask(context: typer.Context, question: str = typer.Argument(..., help="The question"), corpus: Optional[Path] = CORPUS,
         retriever: str = typer.Option("bm25", "--retriever", help="bm25 | dense | hybrid"),
         as_json: bool = typer.Option(False, "--json", help="Print the record as JSON"),
+        keep_alive: str = typer.Option(DEFAULT_KEEP_ALIVE, "--keep-alive", envvar=KEEP_ALIVE_ENV,
+                                       help="Keep the models loaded in a background process this long after each "
+                                       "question (90s, 5m, 1h), so the next `ask` with the same options skips "
+                                       "loading; 0: answer in this process, leave nothing running. "
+                                       "`dynamicrag stop` ends them"),
         server: Optional[str] = typer.Option(None, "--server", envvar="DYNAMICRAG_SERVER",
                                              help="Ask a running `dynamicrag serve` at this URL (e.g. http://127.0.0.1:8000): "
                                              "its models and index answer, nothing loads here"),
@@ -198,9 +211,21 @@ def ask(context: typer.Context, question: str = typer.Argument(..., help="The qu
     if server:
         answer = ask_remotely(context, server, question, method.get("top_n"), api_key)
     else:
-        rag = load_rag(roles, method, decoding, corpus, retriever)
-        with console.status("reranking and answering"):
-            answer = rag.ask(question)
+        from dynamicrag.serve.keep_alive import parse_keep_alive
+
+        with failing(ValueError):
+            keep_alive_s = parse_keep_alive(keep_alive)
+        config = resolve_asked(roles, method, decoding, announce_dtype=keep_alive_s == 0)
+        answer = ask_kept(config, corpus, retriever, question, keep_alive_s) if keep_alive_s > 0 else None
+        if answer is None:
+            if keep_alive_s > 0:  # no kept process: the line it would have printed
+                from dynamicrag.build import backend_specs
+
+                with failing(ValueError):
+                    announce_dtypes(backend_specs(config))
+            rag = load_rag(config, corpus, retriever)
+            with console.status("reranking and answering"):
+                answer = rag.ask(question)
     if as_json:
         typer.echo(json.dumps(answer.to_json(), ensure_ascii=False, indent=2))
         return
@@ -209,6 +234,41 @@ def ask(context: typer.Context, question: str = typer.Argument(..., help="The qu
         raise typer.Exit(1)
     typer.echo(answer.text)
     show_answer(answer)
+
+
+def ask_kept(config: Any, corpus: Path | None, retriever: str, question: str, keep_alive_s: float) -> Any:
+    """``ask``'s answer from the background process that keeps ``config``'s pipeline loaded
+    (started when none runs: :mod:`dynamicrag.serve.keep_alive`); None when none could start."""
+    from dynamicrag.serve.keep_alive import KeptPipeline, format_keep_alive, kept_process
+
+    kept = KeptPipeline(config.model_dump(mode="json"), str(corpus.resolve()) if corpus else None, retriever)
+    for attempt in range(2):  # the second: it ended (idle, stopped) between being found and asked
+        with failing(FileNotFoundError):
+            process = kept_process(kept, keep_alive_s, loading=loading)
+        if process is None:
+            return None
+        if attempt == 0:
+            for line in process.announced:
+                console.print(line)
+        if process.started:
+            console.print(f"[dim]the models stay loaded in process {process.pid} for {format_keep_alive(keep_alive_s)} "
+                          "after each question, so the next `ask` with these options starts at once (`dynamicrag "
+                          "stop` ends it; `--keep-alive 0` keeps nothing)[/dim]", highlight=False)
+        try:
+            with failing(RuntimeError), console.status("reranking and answering"):
+                return process.ask(question, keep_alive_s)
+        except ConnectionError:
+            continue
+    return None
+
+
+@app.command()
+def stop() -> None:
+    """Stop the background processes that keep `ask`'s models loaded (see `ask --keep-alive`)."""
+    from dynamicrag.serve.keep_alive import stop_all
+
+    stopped = stop_all()
+    console.print(f"stopped {stopped} kept process{'' if stopped == 1 else 'es'}")
 
 
 @app.command()
@@ -223,7 +283,7 @@ def chat(corpus: Optional[Path] = CORPUS, retriever: str = typer.Option("bm25", 
     _skip_teardown()
     with contextlib.suppress(ImportError):  # line editing and history at the prompt, where there is readline
         import readline  # noqa: F401
-    rag = load_rag(roles, method, decoding, corpus, retriever)
+    rag = load_rag(resolve_asked(roles, method, decoding), corpus, retriever)
     console.print("Type a question and press Enter; Ctrl-D quits.")
     for turn in itertools.count(1):
         try:
@@ -241,8 +301,8 @@ def chat(corpus: Optional[Path] = CORPUS, retriever: str = typer.Option("bm25", 
             console.print(f"[red]failed:[/red] {type(err).__name__}: {err}")
 
 
-# `ask --server` sends these; the server's own settings decide everything else.
-_SENT_TO_SERVER = {"question", "server", "api_key", "as_json", "top_n", "verbose"}
+# `ask --server` sends these (and has no use for --keep-alive); the server's own settings decide everything else.
+_SENT_TO_SERVER = {"question", "server", "api_key", "as_json", "top_n", "verbose", "keep_alive"}
 
 
 def ask_remotely(context: typer.Context, server: str, question: str, top_n: int | None, api_key: str | None) -> Any:

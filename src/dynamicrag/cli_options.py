@@ -354,16 +354,18 @@ def decoding_options(labels: bool) -> OptionGroup:
     return OptionGroup(group.params, collect)
 
 
-def resolve_pipeline(roles: dict[str, Any], fallbacks: dict[str, Any] | None = None, **method: Any) -> Any:
+def resolve_pipeline(roles: dict[str, Any], fallbacks: dict[str, Any] | None = None, *, announce_dtype: bool = True,
+                     **method: Any) -> Any:
     """The commands' role and method options as one resolved :class:`~dynamicrag.build.PipelineConfig`.
 
     Checked here, before any model loads (adapter folders, manifests, backend options), so a bad
     option fails at once wherever the stage then runs; ``fallbacks`` are the command's defaults
     for what neither the options nor the reranker adapter's manifest set. Prints each role's
-    adapter, the candidate order of the dynamic reranker when it is not retrieval order, and the
-    dtype its transformers backend runs in.
+    adapter, the candidate order of the dynamic reranker when it is not retrieval order, and
+    (unless ``announce_dtype`` is False: ``ask`` through a kept model, which prints its process's
+    line and keeps torch out of this one) the dtype its transformers backend runs in.
     """
-    from dynamicrag.build import LLM_RERANKERS, PipelineConfig, resolve_config, role_configs
+    from dynamicrag.build import PipelineConfig, backend_specs, resolve_config, role_configs
 
     with failing(FileNotFoundError, ValueError):  # pydantic's ValidationError is a ValueError
         config = resolve_config(PipelineConfig(**role_configs(**roles), **method), **(fallbacks or {}))
@@ -373,8 +375,8 @@ def resolve_pipeline(roles: dict[str, Any], fallbacks: dict[str, Any] | None = N
                 console.print(f"{role}: adapter {adapter}")
         if config.kind == "dynamic" and config.order_by != "none":
             console.print(f"reranker: candidates ordered by {config.order_by} first")
-        announce_dtypes({role: {"name": getattr(config, role).backend, **getattr(config, role).backend_options}
-                         for role in ("reranker", "generator") if role == "generator" or config.kind in LLM_RERANKERS})
+        if announce_dtype:
+            announce_dtypes(backend_specs(config))
     return config
 
 

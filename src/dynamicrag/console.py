@@ -230,10 +230,10 @@ def show_chosen(answer: Any) -> None:
     console.print(table)
 
 
-def announce_dtypes(specs: Mapping[str, dict[str, Any]]) -> None:
-    """Print what each transformers backend computes in ("transformers backend: bf16 (CPU has
-    avx512_bf16)"): once when all agree, else per role. ``specs``: role -> backend name and
-    options, as the backend will load them.
+def dtype_lines(specs: Mapping[str, dict[str, Any]]) -> list[str]:
+    """What each transformers backend computes in ("transformers backend: bf16 (CPU has
+    avx512_bf16)"): one line when all agree, else one per role. ``specs``: role -> backend name
+    and options, as the backend will load them.
 
     Raises:
         ValueError: A dtype the backend does not know (the message names the role).
@@ -248,13 +248,17 @@ def announce_dtypes(specs: Mapping[str, dict[str, Any]]) -> None:
             except ValueError as err:
                 raise ValueError(f"{role} 'transformers': {err}") from None
     if len(set(reasons.values())) == 1:
-        console.print(f"transformers backend: {next(iter(reasons.values()))}")
-    else:
-        for role, reason in reasons.items():
-            console.print(f"{role}: transformers backend: {reason}")
+        return [f"transformers backend: {next(iter(reasons.values()))}"]
+    return [f"{role}: transformers backend: {reason}" for role, reason in reasons.items()]
+
+
+def announce_dtypes(specs: Mapping[str, dict[str, Any]]) -> None:
+    """Print :func:`dtype_lines` (once per command, before the models load)."""
+    for line in dtype_lines(specs):
+        console.print(line)
 
 
 __all__ = [
-    "announce_dtypes", "cell", "console", "fail", "failing", "loading", "run_stage", "run_with_progress", "runs_progress",
-    "setup_logging", "show_answer", "show_chosen", "show_stats", "show_table",
+    "announce_dtypes", "cell", "console", "dtype_lines", "fail", "failing", "loading", "run_stage", "run_with_progress",
+    "runs_progress", "setup_logging", "show_answer", "show_chosen", "show_stats", "show_table",
 ]

@@ -1,5 +1,6 @@
 """Serving: ``dynamicrag serve`` (rerank and answer over HTTP, micro-batched), its client
-(``ask --server``), and an OpenAI-compatible server around any LLM backend (extra ``[serve]``).
+(``ask --server``), an OpenAI-compatible server around any LLM backend (extra ``[serve]``), and
+the background process that keeps ``ask``'s models loaded (:mod:`.keep_alive`, no web framework).
 
 Names are imported when first used, so ``import dynamicrag.serve`` (and the ``serve`` command's
 options, from :mod:`.settings`) loads no web framework.
