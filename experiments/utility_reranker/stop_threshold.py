@@ -26,8 +26,9 @@ from pathlib import Path
 
 
 def records(path: Path) -> dict[str, dict]:
-    with path.open(encoding="utf-8") as f:
-        return {r["id"]: r for r in map(json.loads, f)}
+    from dynamicrag.data import read_jsonl
+
+    return {r["id"]: r for _, r in read_jsonl(path)}
 
 
 def main() -> None:

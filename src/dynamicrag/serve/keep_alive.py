@@ -163,6 +163,13 @@ class KeptProcess:
             raise RuntimeError(reply["error"])
         return Answer.model_validate(reply["answer"])
 
+    def alive(self) -> bool:
+        """It answers a connection with our secret (a refused port or another secret: gone)."""
+        try:
+            return bool(self._send({"ping": True}, timeout_s=30).get("pong", False))
+        except (*_GONE, TimeoutError, ValueError):
+            return False
+
     def stop(self) -> bool:
         """Ask it to exit; False when it was already gone."""
         try:
@@ -197,16 +204,6 @@ def _remove_state(path: Path, pid: int) -> None:
             path.unlink()
 
 
-def _alive(state: KeptProcess) -> bool:
-    """It answers a connection with our secret (a refused port or another secret: gone)."""
-    try:
-        with Client((HOST, state.port), authkey=bytes.fromhex(state.secret)) as conn:
-            conn.send_bytes(b'{"ping": true}')
-            return bool(conn.poll(30)) and json.loads(conn.recv_bytes()).get("pong", False)
-    except (*_GONE, ValueError):
-        return False
-
-
 def kept_process(kept: KeptPipeline, keep_alive_s: float, *,
                  loading: Callable[[str], contextlib.AbstractContextManager] = lambda what: contextlib.nullcontext(),
                  ) -> KeptProcess | None:
@@ -234,7 +231,7 @@ def kept_process(kept: KeptPipeline, keep_alive_s: float, *,
     with FileLock(str(folder / f"{key}.lock"), timeout=START_TIMEOUT_S):
         state = _read_state(path)
         if state is not None:
-            if _alive(state):
+            if state.alive():
                 return state
             _remove_state(path, state.pid)  # killed, or the machine restarted
         kept_for = format_keep_alive(keep_alive_s)
@@ -274,7 +271,7 @@ def _start(kept: KeptPipeline, keep_alive_s: float, path: Path) -> KeptProcess |
 def stop_all() -> int:
     """Stop every kept process of this project cache; how many were running."""
     stopped = 0
-    for path in sorted(kept_dir().glob("*.json")) if kept_dir().is_dir() else []:
+    for path in sorted(kept_dir().glob("*.json")):  # none when the folder does not exist
         state = _read_state(path)
         if state is None:
             continue
