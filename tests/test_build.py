@@ -170,6 +170,8 @@ def test_the_package_ships_the_recipes_reranker_adapter_and_every_command_uses_i
     assert (manifest.base_model, manifest.role, manifest.prompt_style) == (DEFAULT_MODEL, "reranker", "default")
     assert (manifest.passage_words, manifest.top_n, manifest.constrained) == (60, 10, False)
     assert manifest.order_by == "query-likelihood"  # trained and run on candidates in that order
+    # Its stop, calibrated on its training prompts by the recipe's calibrate stage.
+    assert manifest.continue_bias > 0 and manifest.training["calibrate"]["continue_bias"] == manifest.continue_bias
     # How it was made, and that its training questions stay clear of the held-apart ones.
     assert "dynamicrag train recipe --config" in manifest.training["command"]
     for data, (start, stop) in manifest.training["slices"].items():
@@ -185,6 +187,7 @@ def test_the_package_ships_the_recipes_reranker_adapter_and_every_command_uses_i
     assert config.reranker.adapter == str(folder.resolve()) and config.generator.adapter == NONE
     assert role_settings(config)["reranker"]["adapter_manifest"] == "smollm2-135m-reranker"
     assert config.order_by == "query-likelihood" and role_settings(config)["reranker"]["order_by"] == "query-likelihood"
+    assert config.continue_bias == manifest.continue_bias == role_settings(config)["reranker"]["continue_bias"]
 
 
 def test_the_candidate_order_comes_from_the_config_else_the_adapter_manifest(tmp_path, fake_adapter, no_shipped):
@@ -202,6 +205,20 @@ def test_the_candidate_order_comes_from_the_config_else_the_adapter_manifest(tmp
     reranker = build_reranker(resolve_config(PipelineConfig(kind="dynamic", reranker={"adapter": "none"}, order_by="retriever")),
                               backend=object())
     assert isinstance(reranker.order_by, RetrieverScorer)
+
+
+def test_the_continue_bias_comes_from_the_config_else_the_adapter_manifest(tmp_path, fake_adapter, no_shipped):
+    from dynamicrag.build import build_reranker
+
+    assert resolve_config(PipelineConfig(reranker={"adapter": "none"})).continue_bias == 0.0
+    calibrated = linked_copy(fake_adapter, tmp_path / "calibrated", continue_bias=0.49)
+    config = resolve_config(PipelineConfig(reranker={"adapter": str(calibrated)}))
+    assert config.continue_bias == 0.49 and role_settings(config)["reranker"]["continue_bias"] == 0.49
+    assert build_reranker(config, backend=object()).continue_bias == 0.49  # what its decoding is given
+    mine = resolve_config(PipelineConfig(reranker={"adapter": str(calibrated)}, continue_bias=0))
+    assert mine.continue_bias == 0 and "continue_bias" not in role_settings(mine)["reranker"]
+    with pytest.raises(ValueError, match="continue_bias"):
+        resolve_config(PipelineConfig(continue_bias=101))
 
 
 def test_an_adapter_without_a_manifest_is_warned_about_once_however_often_it_is_resolved(tmp_path, caplog, no_shipped):

@@ -121,6 +121,10 @@ class PipelineConfig(BaseModel):
         None, description="dynamic: a scorer (as --scorer) that orders the candidates before the reranker reads them, "
         "e.g. query-likelihood; none: the retriever's order (default: the reranker adapter's, else none)"
     )
+    continue_bias: float | None = Field(
+        None, ge=-100, le=100, description="dynamic: logit bias on going on after an id (`],`); positive reads more "
+        "passages (default: the reranker adapter's calibrated value, else 0)"
+    )
     reranker_max_tokens: int | None = Field(
         None, ge=1, description="Cap on an LLM reranker's output (default: dynamic 100 as in the paper; listwise: a full permutation)"
     )
@@ -329,7 +333,8 @@ def resolve_config(config: PipelineConfig, *, top_n: int | None = 40, constraine
 
     Returns:
         A copy with absolute adapter folders (or ``"none"``), prompt styles, ``constrained``,
-        ``passage_words`` (0: all), ``top_n`` and ``order_by`` (``"none"``: retrieval order) set.
+        ``passage_words`` (0: all), ``top_n``, ``order_by`` (``"none"``: retrieval order) and
+        ``continue_bias`` set.
 
     Raises:
         FileNotFoundError: An adapter folder does not exist (the message names it).
@@ -357,6 +362,9 @@ def resolve_config(config: PipelineConfig, *, top_n: int | None = 40, constraine
         passage_words = (manifest.passage_words if manifest else None) or 0
     top_n = config.top_n or (manifest.top_n if manifest else None) or top_n
     order_by = config.order_by or (manifest.order_by if manifest else None) or NONE
+    continue_bias = config.continue_bias
+    if continue_bias is None:
+        continue_bias = manifest.continue_bias if manifest else 0.0
     if order_by != NONE:
         from dynamicrag.rerank.pointwise import check_scorer
 
@@ -366,7 +374,7 @@ def resolve_config(config: PipelineConfig, *, top_n: int | None = 40, constraine
             raise ValueError(f"order_by: {err}, or 'none'") from None
     return config.model_copy(update={
         "reranker": reranker, "generator": generator, "constrained": constrained,
-        "passage_words": passage_words, "top_n": top_n, "order_by": order_by,
+        "passage_words": passage_words, "top_n": top_n, "order_by": order_by, "continue_bias": continue_bias,
     })
 
 
@@ -409,6 +417,8 @@ def role_settings(config: PipelineConfig) -> dict[str, dict[str, Any]]:
         out["reranker"].update(scorer=config.scorer, buffer=config.buffer)
     elif config.kind == "threshold":
         out["reranker"].update(scorer=config.scorer, threshold=config.threshold, max_drop=config.max_drop)
+    if config.kind == "dynamic" and config.continue_bias:
+        out["reranker"].update(continue_bias=config.continue_bias)  # as order_by: only when set
     out["generator"]["max_new_tokens"] = config.answer_max_tokens
     out["generator"]["decoding"] = generation_config(config).to_dict()
     return out
@@ -471,6 +481,7 @@ def build_reranker(config: PipelineConfig, backend: Any = None) -> Any:
         stride=config.stride, constrained=bool(config.constrained), scorer=config.scorer,
         max_new_tokens=config.reranker_max_tokens, passage_words=config.passage_words or None,
         buffer=config.buffer, threshold=config.threshold, max_drop=config.max_drop, order_by=_order_scorer(config),
+        continue_bias=config.continue_bias or 0.0,
     )
 
 

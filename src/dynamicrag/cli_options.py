@@ -328,7 +328,8 @@ def pipeline_options(*fields: str) -> OptionGroup:
     })
 
 
-ASK_METHOD = ("top_n", "constrained", "passage_words", "order_by", "reranker_max_tokens", "answer_max_tokens")
+ASK_METHOD = ("top_n", "constrained", "passage_words", "order_by", "continue_bias", "reranker_max_tokens",
+              "answer_max_tokens")
 """The settings ``ask``, ``chat`` and ``serve`` take; ``infer`` takes every reranker's too."""
 
 
@@ -361,7 +362,8 @@ def resolve_pipeline(roles: dict[str, Any], fallbacks: dict[str, Any] | None = N
     Checked here, before any model loads (adapter folders, manifests, backend options), so a bad
     option fails at once wherever the stage then runs; ``fallbacks`` are the command's defaults
     for what neither the options nor the reranker adapter's manifest set. Prints each role's
-    adapter, the candidate order of the dynamic reranker when it is not retrieval order, and
+    adapter, the candidate order of the dynamic reranker when it is not retrieval order, its
+    continue bias when not 0, and
     (unless ``announce_dtype`` is False: ``ask`` through a kept model, which prints its process's
     line and keeps torch out of this one) the dtype its transformers backend runs in.
     """
@@ -375,6 +377,8 @@ def resolve_pipeline(roles: dict[str, Any], fallbacks: dict[str, Any] | None = N
                 console.print(f"{role}: adapter {adapter}")
         if config.kind == "dynamic" and config.order_by != "none":
             console.print(f"reranker: candidates ordered by {config.order_by} first")
+        if config.kind == "dynamic" and config.continue_bias:
+            console.print(f"reranker: continue bias {config.continue_bias:+.2f} (--continue-bias; 0: greedy as trained)")
         if announce_dtype:
             announce_dtypes(backend_specs(config))
     return config

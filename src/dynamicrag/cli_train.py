@@ -189,10 +189,10 @@ def train_recipe_command(
     config: Path = typer.Option(..., "--config", help="Recipe config (.yaml or .toml), e.g. src/dynamicrag/train/configs/recipe_smollm2.yaml"),
     out: Path = typer.Option(..., "--out", help="Run folder: every stage's output, stages.json (wall times), adapter/ (with manifest.json)"),
     data: Optional[Path] = typer.Option(None, "--data", help="The shared data folder (overrides the config's data)"),
-    stop_after: Optional[str] = typer.Option(None, "--stop-after", help="Last stage to run: index | label | prepare | sft | sample | reward | pairs | dpo | eval | adapter"),
+    stop_after: Optional[str] = typer.Option(None, "--stop-after", help="Last stage to run: index | label | prepare | sft | sample | reward | pairs | dpo | calibrate | eval | adapter"),
     *, logs: None,
 ) -> None:
-    """The whole recipe of the shipped adapter: label -> prepare -> SFT -> sample -> reward -> pairs -> DPO -> eval.
+    """The whole recipe of the shipped adapter: label -> prepare -> SFT -> sample -> reward -> pairs -> DPO -> calibrate -> eval.
 
     Resumable: a complete stage is skipped, a partial one resumes (trainers from their last checkpoint).
     """
@@ -208,3 +208,39 @@ def train_recipe_command(
         console.print(f"adapter written to {adapter} (manifest: {adapter / 'manifest.json'})")
 
 
+@train_app.command("calibrate-stop")
+@with_options(logs=TRAINING_LOGS)
+def calibrate_stop_command(
+    adapter: Path = typer.Option(..., "--adapter", help="Reranker adapter folder (peft's, with or without manifest.json)"),
+    sft: Path = typer.Option(..., "--sft", help="The prompts it was trained on: a recipe's prepare/sft.jsonl (reranker records)"),
+    model: Optional[str] = typer.Option(None, "--model", help="Base model (default: the manifest's, else the bundled one)"),
+    output: Optional[Path] = typer.Option(None, "--json", help="Also write the calibration here"),
+    *, logs: None,
+) -> None:
+    """Set a reranker adapter's continue bias on its training prompts; stored in its manifest.
+
+    The largest bias under which every training prompt whose target stops after one id still
+    stops (dynamicrag.train.calibrate); inference then uses it by default (--continue-bias overrides).
+    """
+    from dynamicrag.data import atomic_write_json
+    from dynamicrag.llm import load_backend
+    from dynamicrag.llm.adapters import MANIFEST, read_manifest, write_manifest
+    from dynamicrag.train.calibrate import calibrate_continue_bias, sft_reranker_prompts
+
+    with failing():
+        manifest = read_manifest(adapter) if (adapter / MANIFEST).exists() else None
+        chats, targets = sft_reranker_prompts(sft)
+        backend = load_backend("transformers", model or (manifest.base_model if manifest else None),
+                               adapter=str(adapter.resolve()))
+        calibration = calibrate_continue_bias(backend, chats, targets)
+    show_table(f"calibrate-stop: {adapter}", [calibration.to_dict()])
+    if output:
+        atomic_write_json(output, {"adapter": str(adapter), "sft": str(sft), **calibration.to_dict()})
+    if manifest is not None:
+        write_manifest(adapter, manifest.model_copy(update={
+            "continue_bias": calibration.continue_bias,
+            "training": {**manifest.training, "calibrate": calibration.to_dict()}}))
+        console.print(f"continue bias {calibration.continue_bias:+.2f} written to {adapter / MANIFEST}")
+    else:
+        console.print(f"continue bias {calibration.continue_bias:+.2f} ({adapter} has no {MANIFEST}: pass "
+                      f"--continue-bias {calibration.continue_bias} to use it)")

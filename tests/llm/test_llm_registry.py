@@ -71,5 +71,9 @@ def test_llamacpp_backend_runs_the_bundled_gguf_like_transformers(smollm):
     labels = ("SUPPORTS", "REFUTES", "NEI")
     [[label]] = llama.generate([chat], SamplingParams(max_new_tokens=8, choices=labels))
     assert label.text in labels  # the GBNF alternation of the labels
+    # A large continue bias on the continue tokens ("],") makes the list go on after its first id.
+    [[going]] = llama.generate([[{"role": "user", "content": "Copy exactly: [3]"}]],
+                               SamplingParams(max_new_tokens=8, id_list_max=5, continue_bias=100))
+    assert "]," in going.text, going.text
     del llama
     gc.collect()

@@ -22,11 +22,13 @@ class EchoBackend:
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay
         self.batches: list[int] = []
+        self.params = []  # the SamplingParams of each call
         self.lock = threading.Lock()
 
     def generate(self, chats, params):
         with self.lock:
             self.batches.append(len(chats))
+            self.params.append(params)
         time.sleep(self.delay)
         if any("boom" in chat[-1]["content"] for chat in chats):
             raise RuntimeError("the model fell over")
@@ -72,3 +74,16 @@ def test_bad_requests_are_named_in_openais_error_format():
         wrong_model, bad = asyncio.run(post_all(server.base_url, [body("x", model="other"), body("x", n=0)]))
     assert wrong_model.status_code == 404 and "does not exist" in wrong_model.json()["error"]["message"]
     assert bad.status_code == 422 and "body.n" in bad.json()["error"]["message"]
+
+
+def test_the_continue_bias_of_our_own_client_reaches_the_model():
+    from dynamicrag.llm import SamplingParams
+    from dynamicrag.llm.openai_backend import OpenAIBackend
+
+    backend = EchoBackend()
+    with BackgroundServer(create_openai_app(backend, model_name="echo")) as server:
+        client = OpenAIBackend(server.base_url, "echo", guided_decoding="dynamicrag")
+        [[completion]] = client.generate([[{"role": "user", "content": "[1"}]], SamplingParams(continue_bias=0.49))
+        bad = asyncio.run(post_all(server.base_url, [body("x", continue_bias=101)]))[0]
+    assert completion.text == "[1" and backend.params[-1].continue_bias == 0.49
+    assert bad.status_code == 422 and "body.continue_bias" in bad.json()["error"]["message"]

@@ -18,7 +18,8 @@ runner = CliRunner()
 
 def test_shipped_recipe_config_loads_and_trains_the_reranker_on_training_slices():
     config = load_recipe_config(CONFIGS / "recipe_smollm2.yaml")
-    assert config.roles == ["reranker"] and config.teacher == "utility"
+    assert config.roles == ["reranker"] and config.teacher == "evidence" and config.max_k == 3
+    assert config.calibrate_stop  # the shipped adapter's stop is calibrated
     assert config.nq_slice == [200, 2655] and config.hotpot_slice == [0, 70]
     assert config.passage_words and config.reward["match_weight"] > 0
     assert config.order_by == "query-likelihood"  # the shipped adapter reads its candidates in that order
@@ -94,6 +95,9 @@ def test_tiny_recipe_end_to_end_then_resumes_only_what_is_missing(shared_data, t
 
     stages = json.loads((out / "stages.json").read_text())
     assert list(stages) == list(STAGES) and all(s["state"] == "done" and s["runs"] == 1 for s in stages.values())
+    # The stop, calibrated on the SFT prompts, went into the evaluation and the manifest.
+    calibration = json.loads((out / "calibrate" / "stop.json").read_text())
+    assert calibration["stopping"] >= 1 and calibration["adapter"] == str(out / "dpo" / "adapter")
     assert (out / "dpo" / "adapter" / "adapter_config.json").exists()  # DPO ran, from the SFT adapter
     assert json.loads((out / "pairs" / "pairs_stats.json").read_text())["reranker_pairs"] >= 1
     labelled = [json.loads(line) for line in (out / "label" / "nq.jsonl").read_text().splitlines()]
@@ -138,6 +142,7 @@ def test_tiny_recipe_end_to_end_then_resumes_only_what_is_missing(shared_data, t
     assert manifest.training["stages"].endswith("-> dpo")
     assert set(manifest.evaluation["nq"]) == {"dynamic", "top-1"} and manifest.evaluation["hotpotqa"]["top-1"]["n"] == 1
     assert set(manifest.training["wall_seconds"]) == set(STAGES)
+    assert manifest.continue_bias == calibration["continue_bias"] and manifest.training["calibrate"] == calibration
 
     # Rerun: every stage is complete and skipped.
     before = (adapter / "manifest.json").read_text()

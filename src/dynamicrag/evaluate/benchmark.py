@@ -105,6 +105,9 @@ class RerankerSpec(BaseModel):
     order_by: str | None = Field(
         None, description="dynamic: scorer that orders the candidates first (default: the adapter's, else none)"
     )
+    continue_bias: float | None = Field(
+        None, description="dynamic: logit bias on going on after an id (default: the adapter's calibrated value, else 0)"
+    )
 
     def model_post_init(self, _context) -> None:
         if self.kind not in RERANKERS + ORACLES:
@@ -195,6 +198,7 @@ class BenchmarkConfig(BaseModel):
             **roles, kind=spec.kind if spec.kind in RERANKERS else "none", k=spec.k, window=spec.window,
             stride=spec.stride, scorer=spec.scorer, buffer=spec.buffer, threshold=spec.threshold,
             max_drop=spec.max_drop, constrained=spec.constrained, passage_words=spec.passage_words, order_by=spec.order_by,
+            continue_bias=spec.continue_bias,
             reranker_max_tokens=spec.max_new_tokens, answer_max_tokens=self.answer_max_tokens,
             generation=self.generation, top_n=bench.top_n,
             # From a corpus, every example retrieves (its own gold passage, if any, marks the

@@ -42,6 +42,10 @@ class AdapterManifest(BaseModel):
     order_by: str | None = Field(
         None, description="Scorer that orders the candidates before the reranker reads them (None: retrieval order)"
     )
+    continue_bias: float = Field(
+        0.0, ge=-100, le=100,
+        description="Reranker: logit bias on going on after an id (`],`), calibrated on the training prompts",
+    )
     training: dict[str, Any] = Field(default_factory=dict, description="Slices, recipe command, configs")
     evaluation: dict[str, Any] = Field(default_factory=dict, description="Held-apart results")
     created: str | None = None

@@ -46,6 +46,14 @@ class SamplingParams:
             FEVER's). Constrained on transformers (a token trie), vLLM and servers that accept a
             choice constraint; otherwise the free text is snapped to the first choice it names
             and the completion records ``extra["snapped_from"]`` (see :func:`snap_to_choice`).
+        continue_bias: Added to the logit of every token that goes on to another id after one
+            in an id list, the tokens whose text starts with ``],`` (:func:`continue_token_ids`;
+            SmolLM2, like most BPE vocabularies, spells ``[1], [2]`` as ``[`` ``1`` ``],`` ...,
+            so after ``[1`` the choice between ``],`` and ``]`` is the choice of reading on).
+            Positive: the reranker reads more passages. A reranker adapter's manifest stores the
+            value calibrated on its training prompts (``dynamicrag train calibrate-stop``).
+            Exact on transformers, vLLM, llama.cpp and dynamicrag's own server (a logit bias on
+            those tokens); other OpenAI-compatible servers raise (their token ids are unknown).
     """
 
     temperature: float = 0.0
@@ -58,6 +66,7 @@ class SamplingParams:
     no_repeat_ngram_size: int | None = None
     frequency_penalty: float = 0.0
     choices: tuple[str, ...] | None = None
+    continue_bias: float = 0.0
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -81,6 +90,8 @@ class SamplingParams:
                 raise ValueError(f"choices must be a non-empty tuple of non-empty strings, got {self.choices!r}")
             if self.id_list_max is not None:
                 raise ValueError("choices and id_list_max are two different constraints; set one")
+        if not -100 <= self.continue_bias <= 100:
+            raise ValueError(f"continue_bias must be in [-100, 100] (as OpenAI's logit_bias), got {self.continue_bias}")
 
 
 @dataclass
@@ -120,6 +131,29 @@ def loop_frequency_penalty(params: SamplingParams) -> float:
     if params.frequency_penalty:
         return params.frequency_penalty
     return LOOP_FREQUENCY_PENALTY if params.no_repeat_ngram_size else 0.0
+
+
+CONTINUE_PREFIX = "],"  # how an id list goes on after an id: "[1], [2]"
+
+
+def continue_ids_in(vocabulary: Iterable[tuple[int, str]]) -> list[int]:
+    """The tokens :attr:`SamplingParams.continue_bias` applies to, of a vocabulary given as
+    (id, text) pairs: those whose text, leading space aside, starts with ``],``."""
+    return [i for i, text in vocabulary if text.lstrip().startswith(CONTINUE_PREFIX)]
+
+
+def continue_token_ids(tokenizer) -> list[int]:
+    """The tokens :attr:`SamplingParams.continue_bias` applies to in a transformers tokenizer's
+    vocabulary (SmolLM2: ``],``, ``],[`` and `` ],``); special tokens never.
+
+    Args:
+        tokenizer: A transformers tokenizer (``convert_ids_to_tokens`` and
+            ``convert_tokens_to_string`` are all it needs).
+    """
+    special = set(tokenizer.all_special_ids)
+    ids = [i for i in range(len(tokenizer)) if i not in special]
+    texts = [tokenizer.convert_tokens_to_string([t]) for t in tokenizer.convert_ids_to_tokens(ids)]
+    return continue_ids_in(zip(ids, texts))
 
 
 def snap_to_choice(text: str, choices: Sequence[str]) -> str | None:

@@ -18,7 +18,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from dynamicrag.llm.base import Chat, Completion, SamplingParams, loop_frequency_penalty
+from dynamicrag.llm.base import Chat, Completion, SamplingParams, continue_ids_in, loop_frequency_penalty
 from dynamicrag.llm.models import bundled_gguf_path
 from dynamicrag.llm.constrain import id_list_gbnf
 from dynamicrag.llm.openai_backend import choice_gbnf
@@ -68,6 +68,7 @@ class LlamaCppBackend:
                                          verbose=False, **llama_kwargs)
         self._settings = {"n_ctx": n_ctx, "n_threads": n_threads, **llama_kwargs}
         self._grammars: dict[int, Any] = {}  # id_list_max -> its compiled id grammar
+        self._continue_ids: list[int] | None = None  # found at the first continue_bias
 
     def describe(self) -> dict[str, Any]:
         """The ``llama_cpp.Llama`` settings (quantisation is the GGUF file's own)."""
@@ -100,6 +101,13 @@ class LlamaCppBackend:
             kwargs["grammar"] = self._grammars[params.id_list_max]
         if params.choices is not None:
             kwargs["grammar"] = self._llama_cpp.LlamaGrammar.from_string(choice_gbnf(params.choices), verbose=False)
+        if params.continue_bias:
+            if self._continue_ids is None:
+                special = {self.llm.token_bos(), self.llm.token_eos()}
+                self._continue_ids = continue_ids_in(
+                    (i, self.llm.detokenize([i]).decode("utf-8", "replace"))
+                    for i in range(self.llm.n_vocab()) if i not in special)
+            kwargs["logit_bias"] = {str(i): params.continue_bias for i in self._continue_ids}  # OpenAI's form
         results = []
         for chat in chats:
             completions = []

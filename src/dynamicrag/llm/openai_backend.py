@@ -25,6 +25,8 @@ snapped to the first label it names and the completion keeps the model's text in
 ``extra["snapped_from"]``. Loop control: OpenAI's ``frequency_penalty`` is sent as given;
 ``no_repeat_ngram_size`` reaches dynamicrag's own server as is, and every other server gets
 the frequency-penalty stand-in of :func:`~dynamicrag.llm.base.loop_frequency_penalty`.
+``continue_bias`` reaches dynamicrag's own server as is; other servers would need their
+model's token ids for OpenAI's ``logit_bias``, so a request with it raises.
 
 Example:
     >>> llm = OpenAIBackend("http://127.0.0.1:8000/v1", "Qwen/Qwen2.5-7B-Instruct")
@@ -219,6 +221,14 @@ class OpenAIBackend:
                 kwargs["frequency_penalty"] = params.frequency_penalty
         elif penalty := loop_frequency_penalty(params):
             kwargs["frequency_penalty"] = penalty
+        if params.continue_bias:
+            # OpenAI's logit_bias takes the server's token ids, which this client does not know.
+            if self.guided_decoding != "dynamicrag":
+                raise ValueError(
+                    "continue_bias needs the server model's token ids; only dynamicrag's own server "
+                    "(guided_decoding='dynamicrag') takes it: run the reranker there or set --continue-bias 0"
+                )
+            extra_body["continue_bias"] = params.continue_bias
         if extra_body:
             kwargs["extra_body"] = extra_body
         return kwargs

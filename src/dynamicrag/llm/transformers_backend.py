@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from dynamicrag.llm.base import Chat, Completion, SamplingParams, cut_at_stop
+from dynamicrag.llm.base import Chat, Completion, SamplingParams, continue_token_ids, cut_at_stop
 from dynamicrag.llm.constrain import is_complete, is_valid_prefix
 from dynamicrag.llm.lora import adapter_active, attach_adapter
 from dynamicrag.llm.models import resolve_model
@@ -680,6 +680,7 @@ class TransformersBackend:
         self.pad_id = self.tokenizer.pad_token_id
         self._constraint: _IdListConstraint | None = None
         self._choice_constraints: dict[tuple[str, ...], Any] = {}  # label set -> ChoiceConstraint
+        self._continue_ids: list[int] | None = None  # the tokens continue_bias applies to, found once
         self._stop_criteria: dict[tuple[str, ...], Any] = {}  # stop strings -> transformers' criterion
         self.adapter = adapter
         self.adapter_name: str | None = None
@@ -931,7 +932,7 @@ class TransformersBackend:
     def _decoding_controls(self, params: SamplingParams, prompt_len: int | list[int]) -> dict[str, Any]:
         """``generate`` kwargs for the loop controls and the label constraint, which count the
         completion only (see :mod:`dynamicrag.llm.logits` for why not transformers' own)."""
-        from transformers import LogitsProcessorList
+        from transformers import LogitsProcessorList, SequenceBiasLogitsProcessor
 
         from dynamicrag.llm.logits import ChoiceConstraint, CompletionFrequencyPenalty, CompletionNoRepeatNGram
 
@@ -941,6 +942,10 @@ class TransformersBackend:
             processors.append(CompletionNoRepeatNGram(params.no_repeat_ngram_size, prompt_len))
         if params.frequency_penalty:
             processors.append(CompletionFrequencyPenalty(params.frequency_penalty, prompt_len))
+        if params.continue_bias:
+            if self._continue_ids is None:
+                self._continue_ids = continue_token_ids(self.tokenizer)
+            processors.append(SequenceBiasLogitsProcessor([[[i], params.continue_bias] for i in self._continue_ids]))
         if processors:
             kwargs["logits_processor"] = processors
         if params.choices is not None:

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from dynamicrag.llm.base import Chat, Completion, SamplingParams, loop_frequency_penalty
+from dynamicrag.llm.base import Chat, Completion, SamplingParams, continue_token_ids, loop_frequency_penalty
 from dynamicrag.llm.constrain import id_list_regex
 from dynamicrag.llm.models import resolve_model
 
@@ -31,7 +31,7 @@ def _import_vllm() -> Any:
     return vllm
 
 
-def to_vllm_sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
+def to_vllm_sampling_kwargs(params: SamplingParams, continue_ids: Sequence[int] = ()) -> dict[str, Any]:
     """Keyword arguments of ``vllm.SamplingParams`` for ``params``.
 
     The id grammar is returned as a plain ``{"regex": ...}`` under ``"structured_outputs"``, a
@@ -42,11 +42,18 @@ def to_vllm_sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
     ``no_repeat_ngram_size`` has no vLLM counterpart and is sent as ``frequency_penalty``
     (:func:`~dynamicrag.llm.base.loop_frequency_penalty`).
 
+    ``continue_bias`` becomes vLLM's ``logit_bias`` on ``continue_ids``.
+
     Args:
         params: The backend-neutral settings.
+        continue_ids: The model's continue tokens (:func:`~dynamicrag.llm.base.continue_token_ids`),
+            needed when ``params.continue_bias`` is set.
 
     Returns:
         A dict of plain values (no vLLM objects).
+
+    Raises:
+        ValueError: ``continue_bias`` is set and ``continue_ids`` is empty.
     """
     kwargs: dict[str, Any] = {
         "temperature": params.temperature,  # vLLM decodes greedily at 0
@@ -67,6 +74,10 @@ def to_vllm_sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
     penalty = loop_frequency_penalty(params)
     if penalty:
         kwargs["frequency_penalty"] = penalty
+    if params.continue_bias:
+        if not continue_ids:
+            raise ValueError("continue_bias needs the model's continue tokens (its vocabulary has no '],' token?)")
+        kwargs["logit_bias"] = {i: params.continue_bias for i in continue_ids}
     return kwargs
 
 
@@ -114,6 +125,7 @@ class VLLMBackend:
         self._engine_kwargs = {k: v for k, v in kwargs.items() if k != "model"}
         self.llm = self._vllm.LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
+        self._continue_ids: list[int] | None = None  # found at the first continue_bias
 
     def describe(self) -> dict[str, Any]:
         """The engine's settings, as passed to ``vllm.LLM``, and the vLLM version."""
@@ -127,7 +139,9 @@ class VLLMBackend:
 
     def sampling_params(self, params: SamplingParams) -> Any:
         """``params`` as a ``vllm.SamplingParams`` of the installed vLLM version."""
-        kwargs = to_vllm_sampling_kwargs(params)
+        if params.continue_bias and self._continue_ids is None:
+            self._continue_ids = continue_token_ids(self.tokenizer)
+        kwargs = to_vllm_sampling_kwargs(params, self._continue_ids or ())
         constraint = kwargs.pop("structured_outputs", None)
         if constraint is not None:
             from vllm import sampling_params as sp

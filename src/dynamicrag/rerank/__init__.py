@@ -44,6 +44,7 @@ def make_reranker(
     threshold: float | None = None,
     max_drop: float | None = None,
     order_by: Any = None,
+    continue_bias: float = 0.0,
 ) -> Any:
     """Build a reranker by name: the one place the CLI and the benchmark runner turn options
     into a reranker.
@@ -65,6 +66,8 @@ def make_reranker(
         max_drop: ``threshold``: largest drop from the top score kept, as a share of it.
         order_by: ``dynamic``: a scorer, or a scorer's name (as ``scorer``), that orders the
             candidates before the reranker reads them; None or ``"none"``: the retriever's order.
+        continue_bias: ``dynamic``: added to the logit of going on after an id (see
+            :class:`DynamicReranker`).
     """
     if kind not in RERANKERS:
         raise ValueError(f"unknown reranker {kind!r}; choose one of {sorted(RERANKERS)}")
@@ -101,6 +104,7 @@ def make_reranker(
     return DynamicReranker(
         backend, style or load_style("default"), window=window or 40,
         max_new_tokens=max_new_tokens or 100, constrained=constrained, passage_words=passage_words, order_by=order,
+        continue_bias=continue_bias,
     )
 
 

@@ -43,6 +43,9 @@ class DynamicReranker:
         order_by: A pointwise :class:`~dynamicrag.rerank.pointwise.Scorer` that orders each
             example's candidates before the reranker reads them (best first; ids still index
             ``example.passages``). None: the retriever's order, as in the paper.
+        continue_bias: Added to the logit of going on after an id (``],``), at every id:
+            positive reads more passages (:attr:`~dynamicrag.llm.base.SamplingParams.continue_bias`).
+            A trained adapter's manifest stores the value calibrated on its training prompts.
 
     References:
         Sun et al., DynamicRAG: Leveraging Outputs of Large Language Model as Feedback for
@@ -57,6 +60,7 @@ class DynamicReranker:
     constrained: bool = False
     passage_words: int | None = None
     order_by: Scorer | None = None
+    continue_bias: float = 0.0
 
     def __post_init__(self) -> None:
         if self.window < 2:
@@ -86,6 +90,7 @@ class DynamicReranker:
                 n=n,
                 seed=seed,
                 id_list_max=size if self.constrained else None,
+                continue_bias=self.continue_bias,
             )
             chats = [reranker_chat(self.style, jobs[j][0], jobs[j][1], self.passage_words) for j in members]
             for j, completions in zip(members, self.backend.generate(chats, params)):

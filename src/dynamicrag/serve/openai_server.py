@@ -66,6 +66,7 @@ class ChatCompletionRequest(BaseModel):
     guided_choice: list[str] | None = Field(None, min_length=1, description="vLLM's: the answer is one of these")
     no_repeat_ngram_size: int | None = Field(None, ge=1, description="dynamicrag extension: no n-gram repeats in the answer")
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    continue_bias: float = Field(0.0, ge=-100, le=100, description="dynamicrag extension: logit bias on going on after an id")
     # Constraint fields of other servers: refused rather than silently ignored.
     structured_outputs: Any = None
     guided_regex: str | None = None
@@ -84,6 +85,7 @@ class ChatCompletionRequest(BaseModel):
             choices=tuple(self.guided_choice) if self.guided_choice else None,
             no_repeat_ngram_size=self.no_repeat_ngram_size,
             frequency_penalty=self.frequency_penalty,
+            continue_bias=self.continue_bias,
             **({"max_new_tokens": max_new} if max_new else {}),
         )
 

@@ -10,6 +10,7 @@
     reward   the reward of every sampled answer
     pairs    DPO preference pairs (with ties and the share of `None` chosen lists)
     dpo      DPO continuing the SFT adapter, the SFT model as reference
+    calibrate  the reranker's continue bias, set on its SFT prompts (dynamicrag.train.calibrate)
     eval     the trained reranker and fixed-k rows on the held-apart questions
     adapter  the final adapter with its manifest (base model, role, prompt settings, slices,
              the recipe command, the evaluation)
@@ -51,7 +52,7 @@ from dynamicrag.schema import Example
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("index", "label", "prepare", "sft", "sample", "reward", "pairs", "dpo", "eval", "adapter")
+STAGES = ("index", "label", "prepare", "sft", "sample", "reward", "pairs", "dpo", "calibrate", "eval", "adapter")
 """The recipe's stages, in order."""
 
 HELD_APART: dict[str, tuple[int, int]] = {"nq": (0, 200), "hotpotqa": (70, 100)}
@@ -122,6 +123,11 @@ class RecipeConfig:
     reward: dict[str, Any] = field(default_factory=dict, metadata={"help": "RewardConfig fields (weights, ...)."})
     dpo_steps: int = field(default=15, metadata={"help": "DPO optimizer steps; 0: no DPO (the SFT adapter ships)."})
     dpo: dict[str, Any] = field(default_factory=dict, metadata={"help": "Other DPORunConfig fields (beta, lr, ...)."})
+    calibrate_stop: bool = field(
+        default=True,
+        metadata={"help": "Set the reranker's continue bias on its SFT prompts (dynamicrag.train.calibrate); used in "
+                  "eval and stored in the manifest (false: 0, greedy as trained)."},
+    )
     eval_nq: int = field(default=200, metadata={"help": "Held-apart NQ questions evaluated (of NQ 0-199)."})
     eval_hotpot: int = field(default=30, metadata={"help": "Held-apart HotpotQA questions evaluated (of 70-99)."})
     eval_fixed_k: list[int] = field(
@@ -504,6 +510,34 @@ class Recipe:
 
         self.log.run("dpo", done, work)
 
+    def stage_calibrate(self) -> None:
+        path = self.out / "calibrate" / "stop.json"
+
+        def work() -> str | None:
+            from dynamicrag.train.calibrate import calibrate_continue_bias, sft_reranker_prompts
+
+            if not self.config.calibrate_stop or "reranker" not in self.config.roles:
+                return "skipped"
+            adapter = self.trained_adapter()
+            chats, targets = sft_reranker_prompts(self.out / "prepare" / "sft.jsonl")
+            if not any(len(t) == 1 for t in targets):
+                logger.warning("calibrate: no reranker target stops after one id; the continue bias stays 0")
+                return "skipped"
+            calibration = calibrate_continue_bias(self.role_backend("reranker", adapter), chats, targets)
+            atomic_write_json(path, {"adapter": str(adapter), **calibration.to_dict()})
+            # The evaluation and the manifest use the bias: written before, they are stale.
+            shutil.rmtree(self.out / "eval", ignore_errors=True)
+            shutil.rmtree(self.out / "adapter", ignore_errors=True)
+            return None
+
+        self.log.run("calibrate", lambda: path.exists() or self.log.stages.get("calibrate", {}).get("state") == "skipped",
+                     work)
+
+    def continue_bias(self) -> float:
+        """The calibrated continue bias (0 when the calibrate stage was skipped)."""
+        path = self.out / "calibrate" / "stop.json"
+        return json.loads(path.read_text("utf-8"))["continue_bias"] if path.exists() else 0.0
+
     def stage_eval(self) -> None:
         path = self.out / "eval" / "results.json"
 
@@ -532,7 +566,8 @@ class Recipe:
         adapter = self.trained_adapter()
         generator = Generator(self.role_backend("generator", adapter), style, max_new_tokens=c.answer_tokens)
         reranker = self.role_backend("reranker", adapter)
-        rows = {"dynamic": make_reranker("dynamic", reranker, style, passage_words=c.passage_words, order_by=c.order_scorer())}
+        rows = {"dynamic": make_reranker("dynamic", reranker, style, passage_words=c.passage_words, order_by=c.order_scorer(),
+                                         continue_bias=self.continue_bias())}
         rows.update({f"top-{k}": make_reranker("topk", reranker, style, k=k) for k in c.eval_fixed_k})
         benches = {
             "nq": (load_examples(self.data / c.nq_file, task="nq", skip=HELD_APART["nq"][0], limit=c.eval_nq),
@@ -590,6 +625,7 @@ class Recipe:
             top_n=c.top_n,
             constrained=False,
             order_by=c.order_by,
+            continue_bias=self.continue_bias(),
             training={
                 "command": self.command,
                 "slices": {"nq": [c.nq_slice[0], c.nq_slice[0] + c.label_nq],
@@ -600,6 +636,7 @@ class Recipe:
                 "config": dataclasses.asdict(c),
                 "prepare": read(self.out / "prepare" / "prepare_stats.json"),
                 "pairs": read(self.out / "pairs" / "pairs_stats.json"),
+                "calibrate": read(self.out / "calibrate" / "stop.json"),
                 "wall_seconds": {k: round(v["seconds"], 1) for k, v in self.log.stages.items()},
             },
             evaluation=read(self.out / "eval" / "results.json") or {},
