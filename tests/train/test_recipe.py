@@ -139,7 +139,7 @@ def test_tiny_recipe_end_to_end_then_resumes_only_what_is_missing(shared_data, t
         "reranker", "smollm2-135m-instruct", 20, 3, "query-likelihood")
     assert manifest.training["slices"] == {"nq": [200, 203], "hotpotqa": [0, 1]}
     assert manifest.training["command"].startswith("dynamicrag train recipe --config ")
-    assert manifest.training["stages"].endswith("-> dpo")
+    assert manifest.training["stages"].endswith("-> dpo -> calibrate")
     assert set(manifest.evaluation["nq"]) == {"dynamic", "top-1"} and manifest.evaluation["hotpotqa"]["top-1"]["n"] == 1
     assert set(manifest.training["wall_seconds"]) == set(STAGES)
     assert manifest.continue_bias == calibration["continue_bias"] and manifest.training["calibrate"] == calibration

@@ -632,7 +632,8 @@ class Recipe:
                            "hotpotqa": [c.hotpot_slice[0], c.hotpot_slice[0] + c.label_hotpot]},
                 "held_apart": {k: list(v) for k, v in HELD_APART.items()},
                 "teacher": c.teacher,
-                "stages": "label -> prepare -> sft" + (" -> sample -> reward -> pairs -> dpo" if ran_dpo else ""),
+                "stages": "label -> prepare -> sft" + (" -> sample -> reward -> pairs -> dpo" if ran_dpo else "")
+                          + (" -> calibrate" if (self.out / "calibrate" / "stop.json").exists() else ""),
                 "config": dataclasses.asdict(c),
                 "prepare": read(self.out / "prepare" / "prepare_stats.json"),
                 "pairs": read(self.out / "pairs" / "pairs_stats.json"),
