@@ -26,8 +26,10 @@ def test_settings_hold_the_backend_reranker_and_generator_as_plain_json(tmp_path
                             generator=Generator(backend, max_new_tokens=50), pipeline={"top_n": 10, "index": tmp_path})
     assert settings["backend"] == {"name": "scripted", "model": "scripted"}
     assert settings["reranker"] == {"class": "DynamicReranker", "style": "official", "window": 20, "max_new_tokens": 100,
-                                    "temperature": 0.0, "constrained": True, "passage_words": None, "order_by": None,
-                                    "continue_bias": 0.0}
+                                    "temperature": 0.0, "constrained": True, "passage_words": None, "order_by": None}
+    # A setting added later is recorded only when set, so runs written before it resume.
+    biased = DynamicReranker(backend, load_style("official"), window=20, constrained=True, continue_bias=0.49)
+    assert run_settings(backend, reranker=biased)["reranker"]["continue_bias"] == 0.49
     assert settings["generator"]["max_new_tokens"] == 50 and "backend" not in settings["generator"]
     assert settings["pipeline"] == {"top_n": 10, "index": str(tmp_path)}
     assert settings["command"] == ["dynamicrag", "infer"] and settings["threads"]["OMP_WAIT_POLICY"] == "PASSIVE"

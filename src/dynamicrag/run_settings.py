@@ -98,19 +98,26 @@ def describe_backend(backend: Any) -> dict[str, Any]:
     return {"name": getattr(backend, "name", type(backend).__name__), "model": getattr(backend, "model", None)}
 
 
+RECORDED_WHEN_SET = "recorded_when_set"
+"""Dataclass field metadata key: the field is left out of a component's settings while it holds
+its default (a setting added later, so that runs written before it existed still resume)."""
+
+
 def component_settings(component: Any) -> dict[str, Any] | None:
     """The settings of a reranker, generator or config object, as plain JSON values.
 
     Dataclass and pydantic fields are read; a field holding a backend is left out (it is
-    described once, under ``backend``), a prompt style is given by its name, a nested
-    component (a pointwise scorer) by its own settings.
+    described once, under ``backend``), as is a dataclass field marked :data:`RECORDED_WHEN_SET`
+    at its default; a prompt style is given by its name, a nested component (a pointwise scorer)
+    by its own settings.
     """
     if component is None:
         return None
     if isinstance(component, dict):
         return {k: _plain(v) for k, v in component.items()}
     if dataclasses.is_dataclass(component) and not isinstance(component, type):
-        values = {f.name: getattr(component, f.name) for f in dataclasses.fields(component)}
+        values = {f.name: getattr(component, f.name) for f in dataclasses.fields(component)
+                  if not (f.metadata.get(RECORDED_WHEN_SET) and getattr(component, f.name) == f.default)}
     elif hasattr(component, "model_dump"):  # pydantic
         values = component.model_dump()
     else:

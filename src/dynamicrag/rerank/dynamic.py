@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from dynamicrag.llm.base import Backend, SamplingParams
 from dynamicrag.prompts import PromptStyle, load_style, reranker_chat
 from dynamicrag.rerank.parse import parse_selection
+from dynamicrag.run_settings import RECORDED_WHEN_SET
 from dynamicrag.schema import Example, Passage, Selection
 
 if TYPE_CHECKING:
@@ -60,7 +61,8 @@ class DynamicReranker:
     constrained: bool = False
     passage_words: int | None = None
     order_by: Scorer | None = None
-    continue_bias: float = 0.0
+    # Recorded in a run's settings only when set: runs written before the field existed resume.
+    continue_bias: float = field(default=0.0, metadata={RECORDED_WHEN_SET: True})
 
     def __post_init__(self) -> None:
         if self.window < 2:
