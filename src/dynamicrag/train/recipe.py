@@ -338,6 +338,11 @@ class Recipe:
     def index_dir(self) -> Path:
         return self.out / "index"
 
+    @property
+    def calibration_path(self) -> Path:
+        """The calibrate stage's output: the continue bias and what it does on the SFT prompts."""
+        return self.out / "calibrate" / "stop.json"
+
     def label_path(self, data: str) -> Path:
         return self.out / "label" / f"{data}.jsonl"
 
@@ -511,7 +516,7 @@ class Recipe:
         self.log.run("dpo", done, work)
 
     def stage_calibrate(self) -> None:
-        path = self.out / "calibrate" / "stop.json"
+        path = self.calibration_path
 
         def work() -> str | None:
             from dynamicrag.train.calibrate import calibrate_continue_bias, sft_reranker_prompts
@@ -535,7 +540,7 @@ class Recipe:
 
     def continue_bias(self) -> float:
         """The calibrated continue bias (0 when the calibrate stage was skipped)."""
-        path = self.out / "calibrate" / "stop.json"
+        path = self.calibration_path
         return json.loads(path.read_text("utf-8"))["continue_bias"] if path.exists() else 0.0
 
     def stage_eval(self) -> None:
@@ -616,6 +621,7 @@ class Recipe:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(source, tmp, ignore=shutil.ignore_patterns("README.md"))
         read = lambda p: json.loads(p.read_text("utf-8")) if p.exists() else None  # noqa: E731
+        calibration = read(self.calibration_path)
         manifest = AdapterManifest(
             name=c.adapter_name,
             base_model=c.model or DEFAULT_MODEL,
@@ -625,7 +631,7 @@ class Recipe:
             top_n=c.top_n,
             constrained=False,
             order_by=c.order_by,
-            continue_bias=self.continue_bias(),
+            continue_bias=calibration["continue_bias"] if calibration else 0.0,
             training={
                 "command": self.command,
                 "slices": {"nq": [c.nq_slice[0], c.nq_slice[0] + c.label_nq],
@@ -633,11 +639,11 @@ class Recipe:
                 "held_apart": {k: list(v) for k, v in HELD_APART.items()},
                 "teacher": c.teacher,
                 "stages": "label -> prepare -> sft" + (" -> sample -> reward -> pairs -> dpo" if ran_dpo else "")
-                          + (" -> calibrate" if (self.out / "calibrate" / "stop.json").exists() else ""),
+                          + (" -> calibrate" if calibration else ""),
                 "config": dataclasses.asdict(c),
                 "prepare": read(self.out / "prepare" / "prepare_stats.json"),
                 "pairs": read(self.out / "pairs" / "pairs_stats.json"),
-                "calibrate": read(self.out / "calibrate" / "stop.json"),
+                "calibrate": calibration,
                 "wall_seconds": {k: round(v["seconds"], 1) for k, v in self.log.stages.items()},
             },
             evaluation=read(self.out / "eval" / "results.json") or {},
